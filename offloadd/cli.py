@@ -1,0 +1,184 @@
+"""The command line: `offloadd serve`, `offloadd mock-upstream`, and friends.
+
+Only this module reads argv and the environment; it builds one `Config` and
+hands it to the app factory.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import click
+from aiohttp import web
+
+from offloadd.config import MOCK, OPENAI_URL, Config
+from offloadd.logs import AccessLogger, setup
+from offloadd.mock import make_mock_app
+
+
+def _origins(value: str) -> tuple[str, ...]:
+    return tuple(o.strip() for o in value.split(",") if o.strip())
+
+
+@click.group()
+@click.version_option(package_name="offloadd")
+def main() -> None:
+    """offloadd: a self-hosted OffloadGPT."""
+
+
+@main.command()
+@click.option(
+    "--data",
+    type=click.Path(file_okay=False, path_type=Path),
+    default="./data",
+    show_default=True,
+    envvar="OFFLOADD_DATA",
+    help="Data directory (conversations).",
+)
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    envvar="OFFLOADD_HOST",
+    help="Address to listen on.",
+)
+@click.option(
+    "--port",
+    default=8080,
+    show_default=True,
+    type=int,
+    envvar="OFFLOADD_PORT",
+    help="Port to listen on.",
+)
+@click.option(
+    "--public-url",
+    envvar="OFFLOADD_PUBLIC_URL",
+    help="Base URL clients reach this server at (default: from each request).",
+)
+@click.option(
+    "--upstream-url",
+    default=OPENAI_URL,
+    show_default=True,
+    envvar="OFFLOADD_UPSTREAM_URL",
+    help="OpenAI-compatible base URL, or `mock` for the built-in mock model.",
+)
+@click.option(
+    "--upstream-key",
+    envvar="OFFLOADD_UPSTREAM_KEY",
+    help="The server's own upstream key, for requests that bring none.",
+)
+@click.option(
+    "--default-model",
+    default="gpt-3.5-turbo",
+    show_default=True,
+    envvar="OFFLOADD_DEFAULT_MODEL",
+    help="Model used when a request names none.",
+)
+@click.option(
+    "--no-auth",
+    is_flag=True,
+    envvar="OFFLOADD_NO_AUTH",
+    help="Accept create requests without an offloadd API key (trusted setups only).",
+)
+@click.option(
+    "--max-timeout",
+    default=90.0,
+    show_default=True,
+    envvar="OFFLOADD_MAX_TIMEOUT",
+    help="Longest `timeout` (seconds) a request may ask for.",
+)
+@click.option(
+    "--max-body",
+    default=1024 * 1024,
+    show_default=True,
+    envvar="OFFLOADD_MAX_BODY",
+    help="Largest create body, in bytes.",
+)
+@click.option(
+    "--cors-origins",
+    default="*",
+    show_default=True,
+    envvar="OFFLOADD_CORS_ORIGINS",
+    help="Origins allowed to read status, stream and stop URLs (comma-separated).",
+)
+@click.option(
+    "--create-cors-origins",
+    default="",
+    envvar="OFFLOADD_CREATE_CORS_ORIGINS",
+    help="Origins allowed to call the create endpoints from a browser (default none).",
+)
+@click.option(
+    "--grace",
+    default=10.0,
+    show_default=True,
+    envvar="OFFLOADD_GRACE",
+    help="Seconds running requests may finish in on shutdown.",
+)
+@click.option("--log-level", default="INFO", show_default=True, envvar="OFFLOADD_LOG_LEVEL")
+def serve(**options) -> None:
+    """Run the daemon."""
+    setup(options["log_level"])
+    config = Config(
+        data=options["data"],
+        host=options["host"],
+        port=options["port"],
+        public_url=options["public_url"],
+        upstream_url=options["upstream_url"],
+        upstream_key=options["upstream_key"],
+        default_model=options["default_model"],
+        auth=not options["no_auth"],
+        max_timeout=options["max_timeout"],
+        default_timeout=min(90.0, options["max_timeout"]),
+        max_body_bytes=options["max_body"],
+        cors_origins=_origins(options["cors_origins"]),
+        create_cors_origins=_origins(options["create_cors_origins"]),
+        grace_seconds=options["grace"],
+    )
+    run(config)
+
+
+def describe_upstream(config: Config) -> str:
+    if config.upstream_url == MOCK:
+        return "the built-in mock model (no OpenAI key needed)"
+    key = "the server's own key" if config.upstream_key else "the key each request brings"
+    return f"{config.upstream_url} with {key}"
+
+
+def run(config: Config) -> None:
+    """Start the server and serve until SIGINT or SIGTERM."""
+    from offloadd.web import make_app
+
+    try:
+        config.data.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise click.ClickException(f"cannot use data directory {config.data}: {e}") from e
+    line = (
+        f"offloadd listening on http://{config.host}:{config.port}, "
+        f"upstream: {describe_upstream(config)}, data: {config.data}"
+    )
+    web.run_app(
+        make_app(config),
+        host=config.host,
+        port=config.port,
+        print=lambda _: click.echo(line),
+        access_log_class=AccessLogger,
+        access_log=logging.getLogger("offloadd.access"),
+        handler_cancellation=True,
+        shutdown_timeout=config.grace_seconds + 5,
+    )
+
+
+@main.command("mock-upstream")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8090, show_default=True, type=int)
+def mock_upstream(host: str, port: int) -> None:
+    """Run the mock OpenAI-compatible upstream (SPEC §8)."""
+    web.run_app(
+        make_mock_app(),
+        host=host,
+        port=port,
+        print=lambda _: click.echo(f"mock upstream listening on http://{host}:{port}/v1"),
+        handler_cancellation=True,
+        access_log=None,
+    )

@@ -1,0 +1,44 @@
+"""The one configuration object, built by the CLI (or by tests) and never mutated."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+OPENAI_URL = "https://api.openai.com/v1"
+MOCK = "mock"
+
+
+@dataclass(frozen=True)
+class Config:
+    data: Path
+    host: str = "127.0.0.1"
+    port: int = 8080
+    public_url: str | None = None
+    upstream_url: str = OPENAI_URL
+    upstream_key: str | None = None
+    default_model: str = "gpt-3.5-turbo"
+    auth: bool = True
+    # Limits a request may ask for (SPEC §1, the original's documented ranges).
+    max_timeout: float = 90.0
+    default_timeout: float = 90.0
+    default_connect_timeout: float = 5.0
+    max_connect_timeout: float = 10.0
+    max_body_bytes: int = 1024 * 1024
+    # Streams.
+    retry_ms: int = 3000
+    keepalive_seconds: float = 15.0
+    poll_interval: float = 0.05
+    status_flush_seconds: float = 1.0
+    # Retries of the upstream call before the first token (never after it).
+    upstream_retries: int = 2
+    upstream_retry_max_wait: float = 10.0
+    # CORS: reading URLs (status, stream, stop) and, only when configured, create.
+    cors_origins: tuple[str, ...] = ("*",)
+    create_cors_origins: tuple[str, ...] = field(default_factory=tuple)
+    # How long running requests may finish on shutdown before they are ended.
+    grace_seconds: float = 10.0
+
+    @property
+    def uses_mock(self) -> bool:
+        return self.upstream_url == MOCK

@@ -1,0 +1,126 @@
+"""The files of a conversation and their layout: `DATA/{pub,priv}/YYYY/MM/DD/HH/MM/SS/<uuid>`.
+
+Knows nothing of HTTP. The `.json` is only ever replaced whole (temporary file,
+then rename), the `.txt` only ever appended to, so readers in any process see
+either the old or the new document and a prefix of the stream.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import uuid as uuidlib
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import orjson
+
+SCOPES = ("pub", "priv")
+UUID4 = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
+STAMP = re.compile(r"\d{4}/\d{2}/\d{2}/\d{2}/\d{2}/\d{2}")
+
+
+class StorageError(Exception):
+    """A file of a conversation could not be written (full disk, permissions, …)."""
+
+
+@dataclass(frozen=True)
+class Location:
+    """Where one conversation lives, as `scope/stamp/uuid`; also the tail of its URLs."""
+
+    scope: str
+    stamp: str
+    uuid: str
+
+    @classmethod
+    def new(cls, scope: str, when: datetime) -> Location:
+        return cls(scope, when.astimezone(UTC).strftime("%Y/%m/%d/%H/%M/%S"), str(uuidlib.uuid4()))
+
+    @classmethod
+    def parse(cls, scope: str, stamp: str, uuid: str) -> Location | None:
+        """A location from URL parts, or None when any part is not exactly well-formed."""
+        if scope in SCOPES and STAMP.fullmatch(stamp) and UUID4.fullmatch(uuid):
+            return cls(scope, stamp, uuid)
+        return None
+
+    @property
+    def rel(self) -> str:
+        return f"{self.scope}/{self.stamp}/{self.uuid}"
+
+
+class Store:
+    """Reads and writes conversations under one data directory."""
+
+    def __init__(self, root: Path):
+        self.root = root
+
+    def base(self, loc: Location) -> Path:
+        return self.root / loc.scope / loc.stamp / loc.uuid
+
+    def json_path(self, loc: Location) -> Path:
+        return self.base(loc).with_suffix(".json")
+
+    def txt_path(self, loc: Location) -> Path:
+        return self.base(loc).with_suffix(".txt")
+
+    def create(self, loc: Location, doc: dict, stream_head: bytes) -> None:
+        """Make both files, or neither: a failed create leaves nothing behind."""
+        folder = self.base(loc).parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            with open(self.txt_path(loc), "xb") as f:
+                f.write(stream_head)
+            self.write_status(loc, doc)
+        except (OSError, StorageError) as e:
+            self.remove(loc)
+            raise StorageError(f"cannot create the conversation files: {e.strerror or e}") from e
+
+    def write_status(self, loc: Location, doc: dict, durable: bool = False) -> None:
+        """Replace the `.json` atomically; `durable` also syncs it (for final states)."""
+        path = self.json_path(loc)
+        tmp = path.with_name(f".{loc.uuid}.{os.getpid()}.tmp")
+        try:
+            with open(tmp, "wb") as f:
+                f.write(orjson.dumps(doc))
+                if durable:
+                    f.flush()
+                    os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            raise StorageError(f"cannot write {path.name}: {e.strerror or e}") from e
+
+    def read_status(self, loc: Location) -> dict | None:
+        try:
+            return orjson.loads(self.json_path(loc).read_bytes())
+        except FileNotFoundError:
+            return None
+
+    def open_stream(self, loc: Location) -> int:
+        """An append-only descriptor on the `.txt`, for the one task that writes it."""
+        try:
+            return os.open(self.txt_path(loc), os.O_WRONLY | os.O_APPEND)
+        except OSError as e:
+            raise StorageError(f"cannot open the stream file: {e.strerror or e}") from e
+
+    def exists(self, loc: Location) -> bool:
+        return self.json_path(loc).is_file()
+
+    def remove(self, loc: Location) -> None:
+        for path in (self.txt_path(loc), self.json_path(loc)):
+            path.unlink(missing_ok=True)
+
+    def disk_free(self) -> int:
+        return shutil.disk_usage(self.root).free
+
+
+def append(fd: int, data: bytes) -> None:
+    """Append one whole record to a stream file (a single write, so readers rarely see half)."""
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    except OSError as e:
+        raise StorageError(f"cannot append to the stream file: {e.strerror or e}") from e

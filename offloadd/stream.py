@@ -1,0 +1,215 @@
+"""Following `.txt` files to SSE readers: one poll loop per process, one tail per file.
+
+Readers know only files, so a reader here follows a stream written by any
+process on any host that shares the directory. A tail reads each new byte once
+and hands the same bytes objects to every reader of that file; a reader that
+falls behind the tail's window catches up from disk, so a slow reader costs
+no memory and never holds back the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import aiofiles
+from aiohttp import web
+
+from offloadd.sse import KEEPALIVE
+
+END = b"data: [DONE]\n\n"
+WINDOW = 256 * 1024  # bytes of a file held in memory for readers that keep up
+READ = 64 * 1024  # bytes read from disk at a time, for catch-up and per poll
+SSE_HEADERS = {
+    "Content-Type": "text/event-stream",
+    "Cache-Control": "no-cache",
+    "X-Accel-Buffering": "no",
+}
+
+
+class Tail:
+    """The growing end of one file, shared by all readers of it in this process."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.fd = os.open(path, os.O_RDONLY)
+        self.size = os.fstat(self.fd).st_size
+        self.start = self.size  # offset of the first byte held in `chunks`
+        self.chunks: deque[tuple[int, bytes]] = deque()
+        self.held = 0
+        self._last = os.pread(self.fd, len(END), max(0, self.size - len(END)))
+        self.done = self._last.endswith(END)
+        self.readers = 0
+        self._waiter: asyncio.Future | None = None
+
+    def poll(self) -> None:
+        """Read what the file gained since the last poll, if anything."""
+        while not self.done:
+            data = os.pread(self.fd, READ, self.size)
+            if not data:
+                return
+            self._feed(data)
+
+    def _feed(self, data: bytes) -> None:
+        self.chunks.append((self.size, data))
+        self.size += len(data)
+        self.held += len(data)
+        while self.held > WINDOW and len(self.chunks) > 1:
+            _, dropped = self.chunks.popleft()
+            self.held -= len(dropped)
+            self.start = self.chunks[0][0]
+        self._last = (self._last + data)[-len(END) :]
+        self.done = self._last.endswith(END)
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+        self._waiter = None
+
+    def pieces(self, pos: int) -> list[bytes] | None:
+        """Bytes from `pos` on, as shared objects; None when `pos` is before the window."""
+        if pos < self.start:
+            return None
+        out = []
+        for offset, data in self.chunks:
+            end = offset + len(data)
+            if end <= pos:
+                continue
+            out.append(data if offset >= pos else data[pos - offset :])
+        return out
+
+    def changed(self) -> asyncio.Future:
+        if self._waiter is None:
+            self._waiter = asyncio.get_running_loop().create_future()
+        return self._waiter
+
+    def close(self) -> None:
+        os.close(self.fd)
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.cancel()
+
+
+class Hub:
+    """All tails of this process and the one loop that polls them."""
+
+    def __init__(self, interval: float, keepalive: float):
+        self.interval, self.keepalive = interval, keepalive
+        self.tails: dict[Path, Tail] = {}
+        self._dirty: set[Path] = set()
+        self._wake: asyncio.Future | None = None
+
+    def poke(self, path: Path) -> None:
+        """A writer in this process appended to `path`: poll it now rather than at the next tick."""
+        if path in self.tails:
+            self._dirty.add(path)
+            if self._wake is not None and not self._wake.done():
+                self._wake.set_result(None)
+
+    async def run(self) -> None:
+        """Poll: the poked files at once, every followed file each interval."""
+        loop = asyncio.get_running_loop()
+        while True:
+            self._wake = loop.create_future()
+            try:
+                async with asyncio.timeout(self.interval):
+                    await self._wake
+                paths = [p for p in self._dirty if p in self.tails]
+            except TimeoutError:
+                paths = list(self.tails)
+            self._dirty.clear()
+            for path in paths:
+                self.tails[path].poll()
+
+    @contextlib.asynccontextmanager
+    async def tail(self, path: Path) -> AsyncIterator[Tail]:
+        tail = self.tails.get(path)
+        if tail is None:
+            tail = self.tails[path] = Tail(path)
+        tail.readers += 1
+        try:
+            yield tail
+        finally:
+            tail.readers -= 1
+            if tail.readers == 0 and self.tails.get(path) is tail:
+                del self.tails[path]
+                tail.close()
+
+    async def pump(self, path: Path, pos: int, write: Callable[[bytes], Awaitable]) -> None:
+        """Send the file from byte `pos` on, then what is appended, until `[DONE]`."""
+        async with self.tail(path) as tail:
+            while True:
+                if pos < tail.size:
+                    pieces = tail.pieces(pos)
+                    if pieces is None:
+                        pieces = [await _read(path, pos, min(READ, tail.start - pos))]
+                    for piece in pieces:
+                        await write(piece)
+                        pos += len(piece)
+                elif tail.done:
+                    return
+                else:
+                    done, _ = await asyncio.wait({tail.changed()}, timeout=self.keepalive)
+                    if not done:
+                        await write(KEEPALIVE)
+
+
+async def _read(path: Path, pos: int, size: int) -> bytes:
+    async with aiofiles.open(path, "rb") as f:
+        await f.seek(pos)
+        return await f.read(size)
+
+
+async def resume_offset(path: Path, last_id: int) -> tuple[int, bool]:
+    """Byte offset just after event `last_id`, and whether the stream already ended there.
+
+    Scans records (`…\\n\\n`) in fixed-size reads, so a long transcript is never
+    read into memory whole.
+    """
+    base, carry, found = 0, b"", None
+    async with aiofiles.open(path, "rb") as f:
+        while found is None:
+            block = await f.read(READ)
+            if not block:
+                break
+            carry += block
+            start = 0
+            while (end := carry.find(b"\n\n", start)) != -1:
+                event_id = _record_id(carry[start:end])
+                if event_id is not None and event_id > last_id:
+                    found = base + start
+                    break
+                start = end + 2
+            base, carry = base + start, carry[start:]
+        size = await f.seek(0, os.SEEK_END)
+        if found is None:
+            found = size if not carry else base
+        await f.seek(max(0, size - len(END)))
+        ended = (await f.read()).endswith(END)
+    return found, ended and found >= size
+
+
+def _record_id(record: bytes) -> int | None:
+    if record.startswith(b"id: "):
+        line = record[4:].split(b"\n", 1)[0]
+        if line.isdigit():
+            return int(line)
+    return None
+
+
+async def respond(
+    request: web.Request, hub: Hub, path: Path, last_id: int | None, headers: dict
+) -> web.StreamResponse:
+    """The live SSE answer for one `.txt`; 204 when the reader already has the whole stream."""
+    pos = 0
+    if last_id is not None:
+        pos, ended = await resume_offset(path, last_id)
+        if ended:
+            return web.Response(status=204, headers=headers)
+    response = web.StreamResponse(headers={**SSE_HEADERS, **headers})
+    await response.prepare(request)
+    with contextlib.suppress(ConnectionResetError):
+        await hub.pump(path, pos, response.write)
+        await response.write_eof()
+    return response

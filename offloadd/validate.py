@@ -1,0 +1,158 @@
+"""Checks a create body and splits it into offloadd's own options and the upstream's request."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import orjson
+
+from offloadd.config import Config
+from offloadd.errors import BadRequest
+
+ROLES = {"system", "user", "assistant", "tool", "developer", "function"}
+CONVERSATION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+OWN_FIELDS = (
+    "access",
+    "timeout",
+    "connect_timeout",
+    "conversation_id",
+    "from_status_url",
+    "from_bearer_token",
+    "webhook_url",
+)
+
+
+@dataclass(frozen=True)
+class Options:
+    """offloadd's own fields of a create request (never sent upstream)."""
+
+    access: str
+    timeout: float
+    connect_timeout: float
+    conversation_id: str | None
+    from_status_url: str | None
+    from_bearer_token: str | None
+    webhook_url: str | None
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    options: Options
+    parameters: dict  # what goes upstream: the client's fields, stream forced on
+    usage_added: bool  # offloadd asked for include_usage, the client did not
+
+
+def parse_body(raw: bytes, config: Config) -> ChatRequest:
+    """The create body, validated; raises BadRequest with a sentence a caller can act on."""
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as e:
+        raise BadRequest(f"the body is not valid JSON: {e}", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object", code="invalid_json")
+    options = _options(body, config)
+    params = {k: v for k, v in body.items() if k not in OWN_FIELDS}
+    params["messages"] = messages(body.get("messages"))
+    params.setdefault("model", config.default_model)
+    if not isinstance(params["model"], str) or not params["model"]:
+        raise BadRequest("`model` must be a non-empty string", code="invalid_model")
+    stream_options = params.get("stream_options")
+    if stream_options is None:
+        stream_options = {}
+    if not isinstance(stream_options, dict):
+        raise BadRequest("`stream_options` must be an object", code="invalid_parameter")
+    usage_added = stream_options.get("include_usage") is not True
+    params["stream"] = True
+    params["stream_options"] = {**stream_options, "include_usage": True}
+    return ChatRequest(options, params, usage_added)
+
+
+def messages(value: object) -> list:
+    """`messages` as a list of messages; the original also took that list JSON-encoded."""
+    if isinstance(value, str):
+        try:
+            value = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            raise BadRequest(
+                "`messages` is a string but not a JSON-encoded list of messages",
+                code="invalid_messages",
+            ) from None
+    if value is None:
+        raise BadRequest("`messages` is required", code="invalid_messages")
+    if not isinstance(value, list) or not value:
+        raise BadRequest("`messages` must be a non-empty list", code="invalid_messages")
+    for i, message in enumerate(value):
+        _message(i, message)
+    return value
+
+
+def _message(i: int, message: object) -> None:
+    if not isinstance(message, dict):
+        raise BadRequest(f"messages[{i}] must be an object", code="invalid_messages")
+    role = message.get("role")
+    if role not in ROLES:
+        raise BadRequest(
+            f"messages[{i}].role must be one of {', '.join(sorted(ROLES))}",
+            code="invalid_messages",
+        )
+    content = message.get("content")
+    may_be_empty = role == "assistant" and ("tool_calls" in message or "function_call" in message)
+    if content is None and not may_be_empty:
+        raise BadRequest(f"messages[{i}].content is required", code="invalid_messages")
+    if content is not None and not isinstance(content, str | list):
+        raise BadRequest(
+            f"messages[{i}].content must be a string or a list of parts",
+            code="invalid_messages",
+        )
+
+
+def _options(body: dict, config: Config) -> Options:
+    access = body.get("access", "public")
+    if access not in ("public", "private"):
+        raise BadRequest("`access` must be `public` or `private`", code="invalid_access")
+    return Options(
+        access=access,
+        timeout=_seconds(body, "timeout", config.default_timeout, 1, config.max_timeout),
+        connect_timeout=_seconds(
+            body, "connect_timeout", config.default_connect_timeout, 1, config.max_connect_timeout
+        ),
+        conversation_id=_conversation_id(body.get("conversation_id")),
+        from_status_url=_optional_str(body, "from_status_url"),
+        from_bearer_token=_optional_str(body, "from_bearer_token"),
+        webhook_url=_optional_str(body, "webhook_url"),
+    )
+
+
+def _seconds(body: dict, name: str, default: float, low: float, high: float) -> float:
+    value = body.get(name)
+    if value is None:
+        return min(default, high)
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            value = None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+        raise BadRequest(f"`{name}` must be a number of seconds from {low:g} to {high:g}")
+    return value  # as given: 90 stays 90 in the status document
+
+
+def _conversation_id(value: object) -> str | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or not CONVERSATION_ID.fullmatch(value):
+        raise BadRequest(
+            "`conversation_id` must be 1–128 letters, digits, `.`, `_`, `:` or `-`",
+            code="invalid_conversation_id",
+        )
+    return value
+
+
+def _optional_str(body: dict, name: str) -> str | None:
+    value = body.get(name)
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise BadRequest(f"`{name}` must be a string")
+    return value

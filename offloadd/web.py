@@ -1,0 +1,356 @@
+"""Routes, the error middleware and CORS; `make_app(config)` builds the daemon's application."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+from offloadd import __version__
+from offloadd.config import Config
+from offloadd.errors import (
+    ApiError,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    Unauthorized,
+    Unavailable,
+    UnsupportedMediaType,
+)
+from offloadd.mock import make_mock_app
+from offloadd.runner import Runner
+from offloadd.sse import retry_record
+from offloadd.status import create_answer, new_document, public_view
+from offloadd.store import Location, StorageError, Store
+from offloadd.stream import Hub, respond
+from offloadd.upstream import Call, Upstream
+from offloadd.validate import parse_body
+
+log = logging.getLogger("offloadd.web")
+
+CONFIG = web.AppKey("config", Config)
+STORE = web.AppKey("store", Store)
+HUB = web.AppKey("hub", Hub)
+RUNNER = web.AppKey("runner", Runner)
+UPSTREAM_URL = web.AppKey("upstream_url", str)
+
+READ_PREFIXES = ("/1/r/", "/2/r/")
+READ_BASE = r"/{kind:[12]}/r/{scope:pub|priv}/{stamp:\d{4}/\d{2}/\d{2}/\d{2}/\d{2}/\d{2}}"
+UUID = r"{uuid:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}}"
+MOCK_KEY = "offloadd-mock-key"
+HTTP_CODES = {
+    404: NotFound("no such endpoint or conversation"),
+    405: MethodNotAllowed("this method is not allowed here"),
+}
+
+
+def make_app(config: Config) -> web.Application:
+    """The daemon: create endpoints, reading URLs, and the tasks that run requests."""
+    app = web.Application(
+        middlewares=[cors_middleware, error_middleware], client_max_size=config.max_body_bytes
+    )
+    app[CONFIG] = config
+    app[STORE] = Store(config.data)
+    app.cleanup_ctx.append(_upstream_ctx)
+    app.cleanup_ctx.append(_runner_ctx)
+    app.on_shutdown.append(_shutdown)
+    app.router.add_get("/", index)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_post("/v1/stream-chatgpt", create)
+    app.router.add_post("/v1/async-chatgpt", create)
+    app.router.add_get(f"{READ_BASE}/{UUID}.json", status)
+    app.router.add_get(f"{READ_BASE}/{UUID}.txt", events)
+    app.router.add_route("GET", f"{READ_BASE}/{UUID}/stop", stop)
+    app.router.add_route("POST", f"{READ_BASE}/{UUID}/stop", stop)
+    for suffix in (".json", ".txt", "/stop"):
+        app.router.add_route("OPTIONS", f"{READ_BASE}/{UUID}{suffix}", preflight)
+    for path in ("/v1/stream-chatgpt", "/v1/async-chatgpt"):
+        app.router.add_route("OPTIONS", path, preflight)
+    return app
+
+
+async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The upstream's client session, and the in-process mock when `--upstream-url mock`."""
+    config = app[CONFIG]
+    mock_runner = None
+    url = config.upstream_url
+    if config.uses_mock:
+        mock_runner = web.AppRunner(make_mock_app(), handler_cancellation=True, access_log=None)
+        await mock_runner.setup()
+        site = web.TCPSite(mock_runner, "127.0.0.1", 0)
+        await site.start()
+        port = mock_runner.addresses[0][1]
+        url = f"http://127.0.0.1:{port}/v1"
+    app[UPSTREAM_URL] = url
+    connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
+    async with aiohttp.ClientSession(connector=connector, auto_decompress=False) as session:
+        app[RUNNER] = Runner(
+            app[STORE],
+            Upstream(session, url, config.upstream_retries, config.upstream_retry_max_wait),
+            config,
+        )
+        yield
+    if mock_runner:
+        await mock_runner.cleanup()
+
+
+async def _runner_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The poll loop that follows files for readers, wired to the runner's writes."""
+    config = app[CONFIG]
+    hub = app[HUB] = Hub(config.poll_interval, config.keepalive_seconds)
+    app[RUNNER].on_append = hub.poke
+    task = asyncio.create_task(hub.run(), name="offloadd-hub")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def _shutdown(app: web.Application) -> None:
+    """Before open connections are closed: running requests finish or end, so every
+    reader receives its stream's end instead of a cut connection."""
+    await app[RUNNER].close()
+
+
+# --- errors and CORS -------------------------------------------------------------
+
+
+def error_response(status: int, code: str, message: str, headers: dict | None = None):
+    body = {"status": "error", "error": {"code": code, "message": message}}
+    return web.json_response(body, status=status, headers=headers)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler) -> web.StreamResponse:
+    """Every failure becomes the one JSON error shape; nothing else reaches a client."""
+    try:
+        return await handler(request)
+    except ApiError as e:
+        return error_response(e.status, e.code, e.message, e.headers)
+    except StorageError as e:
+        log.error("storage: %s", e)
+        return error_response(503, "storage_unavailable", f"the server cannot store data: {e}")
+    except web.HTTPRequestEntityTooLarge:
+        e = PayloadTooLarge(f"the body is larger than {request.app[CONFIG].max_body_bytes} bytes")
+        return error_response(e.status, e.code, e.message)
+    except web.HTTPException as e:
+        if e.status < 400:
+            raise
+        known = HTTP_CODES.get(e.status)
+        code = known.code if known else "http_error"
+        message = known.message if known else e.reason
+        return error_response(
+            e.status,
+            code,
+            message,
+            {"Allow": e.headers.get("Allow", "")} if e.status == 405 else None,
+        )
+    except (asyncio.CancelledError, ConnectionResetError):
+        raise
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.rel_url.path)
+        return error_response(500, "internal_error", "the server failed; see its log")
+
+
+def _allowed_origin(request: web.Request, origins: tuple[str, ...]) -> str | None:
+    if not origins:
+        return None
+    if "*" in origins:
+        return "*"
+    origin = request.headers.get("Origin")
+    return origin if origin in origins else None
+
+
+def cors_headers(request: web.Request) -> dict:
+    """CORS for reading URLs (default any origin); for create only when configured."""
+    config = request.app[CONFIG]
+    reading = request.path.startswith(READ_PREFIXES)
+    origin = _allowed_origin(
+        request, config.cors_origins if reading else config.create_cors_origins
+    )
+    if origin is None:
+        return {}
+    headers = {
+        "Access-Control-Allow-Origin": origin,
+        "Access-Control-Expose-Headers": "X-RateLimit-Limit, X-RateLimit-Remaining, "
+        "X-RateLimit-Reset, Retry-After",
+    }
+    if origin != "*":
+        headers["Vary"] = "Origin"
+    return headers
+
+
+@web.middleware
+async def cors_middleware(request: web.Request, handler) -> web.StreamResponse:
+    response = await handler(request)
+    if not response.prepared:
+        response.headers.update(cors_headers(request))
+    return response
+
+
+async def preflight(request: web.Request) -> web.Response:
+    headers = cors_headers(request)
+    if headers:
+        headers.update(
+            {
+                "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
+                "Access-Control-Allow-Headers": "Authorization, Last-Event-ID, Content-Type"
+                + (
+                    ", X-API-Key, X-RapidAPI-Key, X-OpenAI-API-Key, X-OpenAI-Organization"
+                    if not request.path.startswith(READ_PREFIXES)
+                    else ""
+                ),
+                "Access-Control-Max-Age": "86400",
+            }
+        )
+    return web.Response(status=204, headers=headers)
+
+
+# --- create ---------------------------------------------------------------------------
+
+
+def public_base(request: web.Request) -> str:
+    """The base of the URLs handed out: `--public-url`, else what the client reached."""
+    config = request.app[CONFIG]
+    if config.public_url:
+        return config.public_url.rstrip("/")
+    proto = request.headers.get("X-Forwarded-Proto", request.scheme).split(",")[0].strip()
+    host = request.headers.get("X-Forwarded-Host", request.host).split(",")[0].strip()
+    return f"{proto}://{host}"
+
+
+def upstream_key(request: web.Request) -> str:
+    config = request.app[CONFIG]
+    key = request.headers.get("X-OpenAI-API-Key") or config.upstream_key
+    if not key and config.uses_mock:
+        key = MOCK_KEY
+    if not key:
+        raise Unauthorized(
+            "send your OpenAI key in the `X-OpenAI-API-Key` header "
+            "(this server has no upstream key of its own)",
+            code="missing_openai_key",
+        )
+    return key
+
+
+def _check_json(request: web.Request) -> None:
+    if request.content_type not in ("application/json",) and not request.content_type.endswith(
+        "+json"
+    ):
+        raise UnsupportedMediaType("send the body as JSON with `Content-Type: application/json`")
+    limit = request.app[CONFIG].max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(f"the body is larger than {limit} bytes")
+
+
+async def create(request: web.Request) -> web.Response:
+    """Store the request, start its upstream call in a task, answer with its URLs at once."""
+    config, store, runner = request.app[CONFIG], request.app[STORE], request.app[RUNNER]
+    if runner.closing:
+        raise Unavailable("the server is shutting down", code="shutting_down")
+    _check_json(request)
+    chat = parse_body(await request.read(), config)
+    key = upstream_key(request)
+    kind = 1 if request.path == "/v1/stream-chatgpt" else 2
+    now = time.time()
+    options = chat.options
+    loc = Location.new("pub", datetime.fromtimestamp(now, UTC))
+    authorization = {"access": "public"}
+    doc = new_document(
+        kind=kind,
+        loc=loc,
+        base_url=public_base(request),
+        created_at=now,
+        conversation_id=options.conversation_id or loc.uuid,
+        authorization=authorization,
+        options={"timeout": options.timeout, "connect_timeout": options.connect_timeout},
+        parameters=chat.parameters,
+    )
+    store.create(loc, doc, retry_record(config.retry_ms))
+    call = Call(
+        chat.parameters, key, request.headers.get("X-OpenAI-Organization"), options.connect_timeout
+    )
+    runner.start(loc, doc, call, chat.usage_added, options.timeout)
+    return web.json_response(create_answer(doc, kind, authorization))
+
+
+# --- reading URLs ---------------------------------------------------------------------
+
+
+def locate(request: web.Request) -> Location:
+    info = request.match_info
+    loc = Location.parse(info["scope"], info["stamp"], info["uuid"])
+    if loc is None or not request.app[STORE].exists(loc):
+        raise NotFound("no such conversation")
+    return loc
+
+
+async def status(request: web.Request) -> web.Response:
+    doc = request.app[RUNNER].status(locate(request))
+    if doc is None:
+        raise NotFound("no such conversation")
+    return web.json_response(public_view(doc), dumps=_dumps)
+
+
+def last_event_id(request: web.Request) -> int | None:
+    value = request.headers.get("Last-Event-ID") or request.query.get("last_event_id")
+    if value is None or not value.strip().isdigit():
+        return None
+    return int(value.strip())
+
+
+async def events(request: web.Request) -> web.StreamResponse:
+    loc = locate(request)
+    path = request.app[STORE].txt_path(loc)
+    return await respond(
+        request, request.app[HUB], path, last_event_id(request), cors_headers(request)
+    )
+
+
+async def stop(request: web.Request) -> web.Response:
+    loc = locate(request)
+    doc = await request.app[RUNNER].stop(loc)
+    if doc is None:
+        raise NotFound("no such conversation")
+    answer = {
+        "status": "success",
+        "conversation_id": doc["conversation_id"],
+        "conversation_status": doc["status"],
+    }
+    if doc["status"] not in ("done", "error", "stopped"):
+        answer["stop_requested"] = True
+    return web.json_response(answer)
+
+
+# --- the rest -------------------------------------------------------------------------
+
+
+async def index(request: web.Request) -> web.Response:
+    return web.json_response(
+        {
+            "name": "offloadd",
+            "version": __version__,
+            "create": ["POST /v1/stream-chatgpt", "POST /v1/async-chatgpt"],
+            "upstream": "mock" if request.app[CONFIG].uses_mock else request.app[UPSTREAM_URL],
+        }
+    )
+
+
+async def healthz(request: web.Request) -> web.Response:
+    closing = request.app[RUNNER].closing
+    body = {
+        "status": "shutting_down" if closing else "ok",
+        "running": len(request.app[RUNNER].runs),
+    }
+    return web.json_response(body, status=503 if closing else 200)
+
+
+def _dumps(obj: object) -> str:
+    return orjson.dumps(obj).decode()
