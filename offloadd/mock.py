@@ -8,6 +8,7 @@ The model name steers it: `mock?tokens=500&delay_ms=20&stall_after=7`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -36,12 +37,15 @@ class Seen:
     model: str
     authorized: bool
     stream: bool
-    messages: int
+    body: dict
     received_at: float = field(default_factory=time.time)
     chunks_sent: int = 0
     finished: bool = False
     client_closed: bool = False
     closed_at: float | None = None
+
+
+SEEN = web.AppKey("seen", list)
 
 
 @dataclass(frozen=True)
@@ -57,20 +61,16 @@ class Behaviour:
 
     @classmethod
     def from_model(cls, model: str) -> Behaviour:
+        """The switches in `mock?a=1&b=2`; unknown or malformed ones are ignored."""
         if not model.startswith("mock"):
             return cls()
-        _, _, query = model.partition("?")
-        known = {f: cls.__dataclass_fields__[f].type for f in cls.__dataclass_fields__}
         values: dict = {}
-        for key, value in parse_qsl(query):
-            if key not in known:
-                continue
-            try:
-                values[key] = value not in ("0", "false", "") if key == "stamp" else float(value)
-            except ValueError:
-                continue
-            if key not in ("delay_ms", "stamp"):
-                values[key] = int(values[key])
+        for key, value in parse_qsl(model.partition("?")[2]):
+            if key == "stamp":
+                values[key] = value not in ("0", "false", "")
+            elif key in cls.__dataclass_fields__:
+                with contextlib.suppress(ValueError):
+                    values[key] = float(value) if key == "delay_ms" else int(value)
         return cls(**values)
 
 
@@ -78,11 +78,11 @@ def make_mock_app() -> web.Application:
     """The mock as an aiohttp app; run it with `handler_cancellation=True` so a closed
     client connection is seen at once, not at the next write."""
     app = web.Application()
-    seen: list[Seen] = []
-    app.router.add_post("/v1/chat/completions", lambda r: _completions(r, seen))
+    app[SEEN] = []
+    app.router.add_post("/v1/chat/completions", _completions)
     app.router.add_get("/v1/models", _models)
-    app.router.add_get("/_mock/requests", lambda r: _requests(seen))
-    app.router.add_delete("/_mock/requests", lambda r: _clear(seen))
+    app.router.add_get("/_mock/requests", _requests)
+    app.router.add_delete("/_mock/requests", _clear)
     return app
 
 
@@ -91,12 +91,13 @@ async def _models(request: web.Request) -> web.Response:
     return web.json_response({"object": "list", "data": data})
 
 
-async def _requests(seen: list[Seen]) -> web.Response:
+async def _requests(request: web.Request) -> web.Response:
+    seen = request.app[SEEN]
     return web.json_response({"requests": [asdict(s) for s in seen]}, dumps=_dumps)
 
 
-async def _clear(seen: list[Seen]) -> web.Response:
-    seen.clear()
+async def _clear(request: web.Request) -> web.Response:
+    request.app[SEEN].clear()
     return web.json_response({"requests": []})
 
 
@@ -104,7 +105,7 @@ def _dumps(obj: object) -> str:
     return orjson.dumps(obj).decode()
 
 
-async def _completions(request: web.Request, seen: list[Seen]) -> web.StreamResponse:
+async def _completions(request: web.Request) -> web.StreamResponse:
     auth = request.headers.get("Authorization", "")
     try:
         body = orjson.loads(await request.read())
@@ -113,8 +114,8 @@ async def _completions(request: web.Request, seen: list[Seen]) -> web.StreamResp
     if not isinstance(body, dict):
         return _error(400, "The body must be a JSON object.")
     model = str(body.get("model") or "mock")
-    entry = Seen(model, bool(auth), bool(body.get("stream")), len(body.get("messages") or []))
-    seen.append(entry)
+    entry = Seen(model, bool(auth), bool(body.get("stream")), body)
+    request.app[SEEN].append(entry)
     behaviour = Behaviour.from_model(model)
     if not auth:
         return _error(401, "You didn't provide an API key.")
@@ -199,8 +200,11 @@ async def _stream(
     await response.prepare(request)
     cid, model = f"chatcmpl-{uuid.uuid4().hex[:24]}", entry.model
     chunks = [_chunk(cid, model, {"role": "assistant", "content": ""})]
-    chunks += [None] * len(words)  # made when sent, so `stamp` is the send time
-    chunks.append(_chunk(cid, model, {}, "stop"))
+    if body_tools := entry.body.get("tools"):
+        chunks += _tool_call_chunks(cid, model, body_tools, words)
+    else:
+        chunks += [None] * len(words)  # made when sent, so `stamp` is the send time
+        chunks.append(_chunk(cid, model, {}, "stop"))
     usage = {**_chunk(cid, model, {}), "choices": [], "usage": _usage(words)}
     chunks.append(usage)
     for i, chunk in enumerate(chunks):
@@ -223,6 +227,24 @@ async def _stream(
     await response.write(b"data: [DONE]\n\n")
     await response.write_eof()
     return response
+
+
+def _tool_call_chunks(cid: str, model: str, tools: list, words: list[str]) -> list[dict]:
+    """A call of the first tool, its arguments streamed in pieces, as the real API does."""
+    name = ((tools[0] or {}).get("function") or {}).get("name", "tool") if tools else "tool"
+    arguments = orjson.dumps({"text": " ".join(words)}).decode()
+    first = {
+        "index": 0,
+        "id": f"call_{uuid.uuid4().hex[:12]}",
+        "type": "function",
+        "function": {"name": name, "arguments": ""},
+    }
+    out = [_chunk(cid, model, {"tool_calls": [first]})]
+    for i in range(0, len(arguments), 8):
+        piece = {"index": 0, "function": {"arguments": arguments[i : i + 8]}}
+        out.append(_chunk(cid, model, {"tool_calls": [piece]}))
+    out.append(_chunk(cid, model, {}, "tool_calls"))
+    return out
 
 
 def _fault(behaviour: Behaviour, sent: int) -> str | None:

@@ -24,6 +24,7 @@ from offloadd.sse import KEEPALIVE
 END = b"data: [DONE]\n\n"
 WINDOW = 256 * 1024  # bytes of a file held in memory for readers that keep up
 READ = 64 * 1024  # bytes read from disk at a time, for catch-up and per poll
+RESUME_PATIENCE = 2.0  # seconds to wait for a Last-Event-ID this file does not hold yet
 SSE_HEADERS = {
     "Content-Type": "text/event-stream",
     "Cache-Control": "no-cache",
@@ -161,13 +162,14 @@ async def _read(path: Path, pos: int, size: int) -> bytes:
         return await f.read(size)
 
 
-async def resume_offset(path: Path, last_id: int) -> tuple[int, bool]:
-    """Byte offset just after event `last_id`, and whether the stream already ended there.
+async def resume_offset(path: Path, last_id: int) -> tuple[int, bool, int]:
+    """Byte offset just after event `last_id`, whether the stream ended there, and the
+    highest id in the file.
 
-    Scans records (`…\\n\\n`) in fixed-size reads, so a long transcript is never
+    Scans records (`…\n\n`) in fixed-size reads, so a long transcript is never
     read into memory whole.
     """
-    base, carry, found = 0, b"", None
+    base, carry, found, highest = 0, b"", None, 0
     async with aiofiles.open(path, "rb") as f:
         while found is None:
             block = await f.read(READ)
@@ -177,6 +179,7 @@ async def resume_offset(path: Path, last_id: int) -> tuple[int, bool]:
             start = 0
             while (end := carry.find(b"\n\n", start)) != -1:
                 event_id = _record_id(carry[start:end])
+                highest = max(highest, event_id or 0)
                 if event_id is not None and event_id > last_id:
                     found = base + start
                     break
@@ -187,7 +190,19 @@ async def resume_offset(path: Path, last_id: int) -> tuple[int, bool]:
             found = size if not carry else base
         await f.seek(max(0, size - len(END)))
         ended = (await f.read()).endswith(END)
-    return found, ended and found >= size
+    return found, ended and found >= size, highest
+
+
+async def _resume(path: Path, last_id: int, interval: float) -> tuple[int, bool]:
+    """Where to resume. Waits briefly for an id the file does not hold yet: a reader may
+    have received it from another daemon whose poll came sooner than ours."""
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + RESUME_PATIENCE
+    while True:
+        pos, ended, highest = await resume_offset(path, last_id)
+        if ended or highest >= last_id or loop.time() >= give_up:
+            return pos, ended
+        await asyncio.sleep(interval)
 
 
 def _record_id(record: bytes) -> int | None:
@@ -204,7 +219,7 @@ async def respond(
     """The live SSE answer for one `.txt`; 204 when the reader already has the whole stream."""
     pos = 0
     if last_id is not None:
-        pos, ended = await resume_offset(path, last_id)
+        pos, ended = await _resume(path, last_id, hub.interval)
         if ended:
             return web.Response(status=204, headers=headers)
     response = web.StreamResponse(headers={**SSE_HEADERS, **headers})

@@ -1,0 +1,134 @@
+"""Fixtures: a real mock upstream on a port, and offloadd apps pointed at it."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from pathlib import Path
+
+import pytest
+from yarl import URL
+
+from offloadd.config import Config
+from offloadd.mock import make_mock_app
+from offloadd.sse import parse_all
+from offloadd.web import make_app
+
+SEED_BODY = {
+    "messages": [
+        {
+            "role": "system",
+            "content": "You are an assistant of an online store selling hardware and I do not "
+            "want you to talk about anything other than my products",
+        },
+        {
+            "role": "user",
+            "content": "Can you resume the pros and cons of the Soundcore by Anker Space Q45 "
+            "Adaptive Active Noise Cancelling Headphones?",
+        },
+    ]
+}
+OPENAI_KEY = "sk-test-Zq9offloaddSecretKey000"
+
+
+@pytest.fixture
+async def mock_server(aiohttp_server):
+    """The mock upstream, a real HTTP server on a loopback port."""
+    return await aiohttp_server(make_mock_app())
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    return tmp_path / "data"
+
+
+@pytest.fixture
+def config(data_dir: Path, mock_server) -> Config:
+    return Config(
+        data=data_dir,
+        upstream_url=str(mock_server.make_url("/v1")),
+        auth=False,
+        poll_interval=0.02,
+        grace_seconds=1.0,
+        upstream_retries=0,
+    )
+
+
+@pytest.fixture
+def make_client(aiohttp_client, config: Config):
+    """An offloadd app on a real port, with config fields overridden as given."""
+
+    async def make(**changes):
+        return await aiohttp_client(make_app(dataclasses.replace(config, **changes)))
+
+    return make
+
+
+@pytest.fixture
+async def client(make_client):
+    return await make_client()
+
+
+class Api:
+    """What a client of offloadd does, in a few verbs."""
+
+    def __init__(self, client, mock_server):
+        self.client, self.mock = client, mock_server
+
+    async def create(self, body=None, *, path="/v1/stream-chatgpt", key=OPENAI_KEY, **fields):
+        body = dict(body or SEED_BODY, **fields)
+        headers = {"X-OpenAI-API-Key": key} if key else {}
+        resp = await self.client.post(path, json=body, headers=headers)
+        assert resp.status == 200, await resp.text()
+        return await resp.json()
+
+    async def get(self, url: str, **kwargs):
+        return await self.client.get(URL(url).path_qs, **kwargs)
+
+    async def status(self, url: str) -> dict:
+        resp = await self.get(url)
+        assert resp.status == 200, await resp.text()
+        return await resp.json()
+
+    async def stream(self, url: str, **kwargs) -> bytes:
+        resp = await self.get(url, **kwargs)
+        assert resp.status == 200, await resp.text()
+        return await resp.read()
+
+    async def events(self, url: str, **kwargs):
+        return parse_all(await self.stream(url, **kwargs))
+
+    async def wait_status(self, url: str, *statuses: str, timeout: float = 10) -> dict:
+        async with asyncio.timeout(timeout):
+            while True:
+                doc = await self.status(url)
+                if doc["status"] in statuses:
+                    return doc
+                await asyncio.sleep(0.02)
+
+    async def upstream_requests(self) -> list[dict]:
+        resp = await self.mock_client_get("/_mock/requests")
+        return resp["requests"]
+
+    async def mock_client_get(self, path: str) -> dict:
+        import aiohttp
+
+        async with aiohttp.ClientSession() as s, s.get(self.mock.make_url(path)) as r:
+            return await r.json()
+
+
+@pytest.fixture
+def api(client, mock_server) -> Api:
+    return Api(client, mock_server)
+
+
+@pytest.fixture
+def make_api(make_client, mock_server):
+    async def make(**changes) -> Api:
+        return Api(await make_client(**changes), mock_server)
+
+    return make
+
+
+def files_under(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
