@@ -85,6 +85,9 @@ class Api:
     async def get(self, url: str, **kwargs):
         return await self.client.get(URL(url).path_qs, **kwargs)
 
+    async def post(self, url: str, **kwargs):
+        return await self.client.post(URL(url).path_qs, **kwargs)
+
     async def status(self, url: str) -> dict:
         resp = await self.get(url)
         assert resp.status == 200, await resp.text()

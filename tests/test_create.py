@@ -66,8 +66,9 @@ class TestAsyncEndpoint:
         assert re.fullmatch(URL_RE.format(kind=2) + r"\.json", answer["endpoints"]["status_url"])
         doc = await api.wait_status(answer["endpoints"]["status_url"], "done")
         assert doc["request"]["endpoint"] == "/v1/async-chatgpt"
-        assert doc["response"]["body"]["choices"][0]["message"]["content"] == (
-            SEED_BODY["messages"][1]["content"]
+        assert (
+            doc["response"]["body"]["choices"][0]["message"]["content"]
+            == (SEED_BODY["messages"][1]["content"])
         )
 
 
@@ -144,7 +145,9 @@ class TestUpstreamCall:
         await api.wait_status(answer["endpoints"]["status_url"], "error")
         for path in files_under(data_dir):
             assert OPENAI_KEY.encode() not in path.read_bytes()
-        assert OPENAI_KEY[-12:].encode() not in b"".join(p.read_bytes() for p in files_under(data_dir))
+        assert OPENAI_KEY[-12:].encode() not in b"".join(
+            p.read_bytes() for p in files_under(data_dir)
+        )
 
     async def test_public_url_is_used_for_the_answer(self, make_api):
         api = await make_api(public_url="https://chat.example.org/")

@@ -101,9 +101,10 @@ class TestLive:
         raw = await api.stream(urls["stream_events_url"])
         assert b": keep-alive\n\n" in raw
         assert b"keep-alive" not in _txt_path(data_dir, urls["stream_events_url"]).read_bytes()
-        assert raw.replace(b": keep-alive\n\n", b"") == _txt_path(
-            data_dir, urls["stream_events_url"]
-        ).read_bytes()
+        assert (
+            raw.replace(b": keep-alive\n\n", b"")
+            == _txt_path(data_dir, urls["stream_events_url"]).read_bytes()
+        )
 
     async def test_a_file_written_by_another_process_is_followed(self, api, data_dir):
         """Readers poll the file: bytes appended by any writer reach them."""
@@ -112,14 +113,14 @@ class TestLive:
         # A second conversation written by hand, as another daemon would.
         src = _txt_path(data_dir, urls["stream_events_url"])
         other = src.with_name("0d0c6a8e-6c55-4d41-9d36-0c1b6f0a1c2e.txt")
-        other.write_bytes(b"retry: 3000\n\nid: 1\ndata: {\"a\":1}\n\n")
+        other.write_bytes(b'retry: 3000\n\nid: 1\ndata: {"a":1}\n\n')
         other.with_suffix(".json").write_bytes(src.with_suffix(".json").read_bytes())
         url = urls["stream_events_url"].replace(src.stem, other.stem)
         reader = asyncio.create_task(api.stream(url))
         await asyncio.sleep(0.2)
         assert not reader.done()
         with open(other, "ab") as f:
-            f.write(b"id: 2\ndata: {\"a\":2}\n\n")
+            f.write(b'id: 2\ndata: {"a":2}\n\n')
             f.flush()
             os.fsync(f.fileno())
             await asyncio.sleep(0.1)

@@ -1,0 +1,78 @@
+"""Stopping: the upstream connection closes, the stream ends `stopped`, text is kept."""
+
+from __future__ import annotations
+
+import asyncio
+
+import orjson
+
+
+async def _wait_upstream_closed(api, timeout=5.0) -> dict:
+    async with asyncio.timeout(timeout):
+        while True:
+            [seen] = await api.upstream_requests()
+            if seen["client_closed"]:
+                return seen
+            await asyncio.sleep(0.02)
+
+
+class TestStop:
+    async def test_stop_mid_stream_closes_the_upstream_and_ends_stopped(self, api):
+        urls = (await api.create(model="mock?tokens=500&delay_ms=20"))["endpoints"]
+        reader = asyncio.create_task(api.events(urls["stream_events_url"]))
+        await api.wait_status(urls["status_url"], "streaming")
+        await asyncio.sleep(0.1)
+        resp = await api.post(urls["stop_url"])
+        answer = await resp.json()
+        assert resp.status == 200
+        assert answer == {
+            "status": "success",
+            "conversation_id": urls["status_url"].rsplit("/", 1)[1][: -len(".json")],
+            "conversation_status": "stopped",
+        }
+        seen = await _wait_upstream_closed(api)
+        assert 0 < seen["chunks_sent"] < 500
+        events = await asyncio.wait_for(reader, 5)
+        status, done = events[-2:]
+        assert status.event == "status" and orjson.loads(status.data)["status"] == "stopped"
+        assert done.data == b"[DONE]"
+        doc = await api.status(urls["status_url"])
+        assert doc["status"] == "stopped"
+        text = doc["response"]["body"]["choices"][0]["message"]["content"]
+        assert text.startswith("t0 t1")
+        assert len(text.split()) < 500
+
+    async def test_get_stops_too(self, api):
+        urls = (await api.create(model="mock?tokens=500&delay_ms=20"))["endpoints"]
+        await api.wait_status(urls["status_url"], "streaming")
+        resp = await api.get(urls["stop_url"])
+        assert (await resp.json())["conversation_status"] == "stopped"
+        await _wait_upstream_closed(api)
+
+    async def test_stop_while_waiting_for_the_upstream(self, api):
+        urls = (await api.create(model="mock?tokens=5&delay_ms=3000"))["endpoints"]
+        resp = await api.get(urls["stop_url"])
+        assert (await resp.json())["conversation_status"] == "stopped"
+        events = await api.events(urls["stream_events_url"])
+        assert [e.event for e in events[1:]] == ["status", None]
+
+    async def test_stop_after_the_end_changes_nothing(self, api, data_dir):
+        urls = (await api.create(model="mock?tokens=3"))["endpoints"]
+        await api.stream(urls["stream_events_url"])
+        rel = urls["status_url"].split("/1/r/", 1)[1][: -len(".json")]
+        before = [(data_dir / f"{rel}{s}").read_bytes() for s in (".json", ".txt")]
+        for _ in range(2):
+            resp = await api.post(urls["stop_url"])
+            answer = await resp.json()
+            assert answer["status"] == "success"
+            assert answer["conversation_status"] == "done"
+        after = [(data_dir / f"{rel}{s}").read_bytes() for s in (".json", ".txt")]
+        assert before == after
+
+    async def test_stop_of_an_unknown_conversation_is_404(self, api):
+        urls = (await api.create(model="mock?tokens=1"))["endpoints"]
+        uuid = urls["stop_url"].split("/")[-2]
+        unknown = urls["stop_url"].replace(uuid, "1b4e28ba-2fa1-41d2-883f-0016d3cca427")
+        resp = await api.get(unknown)
+        assert resp.status == 404
+        assert (await resp.json())["error"]["code"] == "not_found"
