@@ -19,6 +19,7 @@ class Config:
     upstream_key: str | None = None
     default_model: str = "gpt-3.5-turbo"
     auth: bool = True
+    plans_file: Path | None = None
     # Limits a request may ask for (SPEC §1, the original's documented ranges).
     max_timeout: float = 90.0
     default_timeout: float = 90.0

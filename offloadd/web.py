@@ -24,6 +24,7 @@ from offloadd.errors import (
     Unavailable,
     UnsupportedMediaType,
 )
+from offloadd.keys import Charge, KeyStore, SQLiteKeys, load_plans
 from offloadd.mock import make_mock_app
 from offloadd.runner import Runner
 from offloadd.sse import retry_record
@@ -40,6 +41,7 @@ STORE = web.AppKey("store", Store)
 HUB = web.AppKey("hub", Hub)
 RUNNER = web.AppKey("runner", Runner)
 UPSTREAM_URL = web.AppKey("upstream_url", str)
+KEYS = web.AppKey("keys", KeyStore)
 
 READ_PREFIXES = ("/1/r/", "/2/r/")
 READ_BASE = r"/{kind:[12]}/r/{scope:pub|priv}/{stamp:\d{4}/\d{2}/\d{2}/\d{2}/\d{2}/\d{2}}"
@@ -58,6 +60,8 @@ def make_app(config: Config) -> web.Application:
     )
     app[CONFIG] = config
     app[STORE] = Store(config.data)
+    if config.auth:
+        app.cleanup_ctx.append(_keys_ctx)
     app.cleanup_ctx.append(_upstream_ctx)
     app.cleanup_ctx.append(_runner_ctx)
     app.on_shutdown.append(_shutdown)
@@ -74,6 +78,13 @@ def make_app(config: Config) -> web.Application:
     for path in ("/v1/stream-chatgpt", "/v1/async-chatgpt"):
         app.router.add_route("OPTIONS", path, preflight)
     return app
+
+
+async def _keys_ctx(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    keys = app[KEYS] = SQLiteKeys(config.data, load_plans(config.plans_file))
+    yield
+    keys.close()
 
 
 async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -240,6 +251,22 @@ def upstream_key(request: web.Request) -> str:
     return key
 
 
+def api_key(request: web.Request) -> str:
+    """The caller's offloadd key, from any header the original's clients may use."""
+    headers = request.headers
+    bearer = headers.get("Authorization", "")
+    key = headers.get("X-RapidAPI-Key") or headers.get("X-API-Key")
+    if not key and bearer[:7].lower() == "bearer ":
+        key = bearer[7:].strip()
+    if not key:
+        raise Unauthorized(
+            "send your offloadd API key in `X-API-Key` (or `X-RapidAPI-Key`, or "
+            "`Authorization: Bearer`); make one with `offloadd keys create`",
+            code="missing_api_key",
+        )
+    return key
+
+
 def _check_json(request: web.Request) -> None:
     if request.content_type not in ("application/json",) and not request.content_type.endswith(
         "+json"
@@ -252,12 +279,16 @@ def _check_json(request: web.Request) -> None:
 
 async def create(request: web.Request) -> web.Response:
     """Store the request, start its upstream call in a task, answer with its URLs at once."""
-    config, store, runner = request.app[CONFIG], request.app[STORE], request.app[RUNNER]
+    config, runner = request.app[CONFIG], request.app[RUNNER]
     if runner.closing:
         raise Unavailable("the server is shutting down", code="shutting_down")
+    caller = api_key(request) if config.auth else None
+    if caller:
+        await request.app[KEYS].check(caller)
     _check_json(request)
     chat = parse_body(await request.read(), config)
     key = upstream_key(request)
+    charge = await request.app[KEYS].charge(caller) if caller else None
     kind = 1 if request.path == "/v1/stream-chatgpt" else 2
     now = time.time()
     options = chat.options
@@ -273,12 +304,23 @@ async def create(request: web.Request) -> web.Response:
         options={"timeout": options.timeout, "connect_timeout": options.connect_timeout},
         parameters=chat.parameters,
     )
-    store.create(loc, doc, retry_record(config.retry_ms))
+    await _create_files(request, loc, doc, charge)
     call = Call(
         chat.parameters, key, request.headers.get("X-OpenAI-Organization"), options.connect_timeout
     )
     runner.start(loc, doc, call, chat.usage_added, options.timeout)
-    return web.json_response(create_answer(doc, kind, authorization))
+    headers = charge.limits.headers() if charge and charge.limits else None
+    return web.json_response(create_answer(doc, kind, authorization), headers=headers)
+
+
+async def _create_files(request: web.Request, loc: Location, doc: dict, charge: Charge | None):
+    """Both files or none; a request that could not be stored is not counted."""
+    try:
+        request.app[STORE].create(loc, doc, retry_record(request.app[CONFIG].retry_ms))
+    except StorageError:
+        if charge:
+            await request.app[KEYS].refund(charge)
+        raise
 
 
 # --- reading URLs ---------------------------------------------------------------------

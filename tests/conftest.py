@@ -75,9 +75,11 @@ class Api:
     def __init__(self, client, mock_server):
         self.client, self.mock = client, mock_server
 
-    async def create(self, body=None, *, path="/v1/stream-chatgpt", key=OPENAI_KEY, **fields):
+    async def create(
+        self, body=None, *, path="/v1/stream-chatgpt", key=OPENAI_KEY, headers=None, **fields
+    ):
         body = dict(body or SEED_BODY, **fields)
-        headers = {"X-OpenAI-API-Key": key} if key else {}
+        headers = {**({"X-OpenAI-API-Key": key} if key else {}), **(headers or {})}
         resp = await self.client.post(path, json=body, headers=headers)
         assert resp.status == 200, await resp.text()
         return await resp.json()

@@ -1,0 +1,293 @@
+"""offloadd API keys, plans and quotas: what RapidAPI did for the original.
+
+Keys live in an SQLite database in the data directory (WAL mode), so several
+offloadd processes on one machine share them and count exactly: every charge
+is one `BEGIN IMMEDIATE` transaction. Keys are stored only as SHA-256 hashes
+(they are 256 random bits, so a fast hash is enough) with a short prefix kept
+for display. Across hosts, use a real database server behind the same
+`KeyStore` interface.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import calendar
+import hashlib
+import json
+import secrets
+import sqlite3
+import time
+import tomllib
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Protocol
+
+from offloadd.errors import TooManyRequests, Unauthorized
+
+DB_NAME = "offloadd.sqlite3"
+KEY_PREFIX = "ofd_"
+DEFAULT_PLANS = {
+    "free": {"monthly": 1000, "per_minute": 10},
+    "unlimited": {"monthly": None, "per_minute": None},
+}
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS keys (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    prefix TEXT NOT NULL,
+    hash TEXT NOT NULL UNIQUE,
+    plan TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    last_used_at REAL,
+    revoked_at REAL
+);
+CREATE TABLE IF NOT EXISTS usage (
+    key_id INTEGER NOT NULL REFERENCES keys(id),
+    period TEXT NOT NULL,
+    count INTEGER NOT NULL,
+    PRIMARY KEY (key_id, period)
+);
+"""
+
+
+@dataclass(frozen=True)
+class Plan:
+    name: str
+    monthly: int | None
+    per_minute: int | None
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What the `X-RateLimit-*` headers say: the limit that binds, what is left, and the
+    seconds until it resets."""
+
+    limit: int
+    remaining: int
+    reset: int
+
+    def headers(self) -> dict:
+        return {
+            "X-RateLimit-Limit": str(self.limit),
+            "X-RateLimit-Remaining": str(max(0, self.remaining)),
+            "X-RateLimit-Reset": str(self.reset),
+        }
+
+
+@dataclass(frozen=True)
+class Charge:
+    key_id: int
+    period: str
+    limits: Limits | None
+
+
+def load_plans(path: Path | None) -> dict[str, Plan]:
+    """Plans from a TOML or JSON file (`[free] monthly = 1000, per_minute = 10`), else defaults."""
+    raw = DEFAULT_PLANS
+    if path is not None:
+        text = path.read_text()
+        raw = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+    return {
+        name: Plan(name, (v or {}).get("monthly"), (v or {}).get("per_minute"))
+        for name, v in raw.items()
+    }
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def new_key() -> str:
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def month_period(now: float) -> str:
+    return time.strftime("%Y-%m", time.gmtime(now))
+
+
+def _month_reset(now: float) -> int:
+    d = datetime.fromtimestamp(now, UTC)
+    year, month = (d.year + 1, 1) if d.month == 12 else (d.year, d.month + 1)
+    return int(calendar.timegm((year, month, 1, 0, 0, 0)) - now) + 1
+
+
+class KeyStore(Protocol):
+    """What the server needs of a key store; SQLite here, a database server across hosts."""
+
+    async def charge(self, key: str) -> Charge: ...
+    async def refund(self, charge: Charge) -> None: ...
+    async def check(self, key: str) -> None: ...
+
+
+class SQLiteKeys:
+    """The key store in `DATA/offloadd.sqlite3`; blocking calls run on one worker thread."""
+
+    def __init__(self, data: Path, plans: dict[str, Plan]):
+        self.path = data / DB_NAME
+        self.plans = plans
+        self._db: sqlite3.Connection | None = None
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="offloadd-keys")
+
+    # --- connection -------------------------------------------------------------------
+
+    def db(self) -> sqlite3.Connection:
+        if self._db is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(
+                self.path, timeout=10, isolation_level=None, check_same_thread=False
+            )
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("PRAGMA busy_timeout=10000")
+            db.executescript(SCHEMA)
+            self._db = db
+        return self._db
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    async def _call(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    # --- the server's side --------------------------------------------------------------
+
+    async def check(self, key: str) -> None:
+        await self._call(self._lookup, key)
+
+    async def charge(self, key: str) -> Charge:
+        return await self._call(self.charge_sync, key, time.time())
+
+    async def refund(self, charge: Charge) -> None:
+        await self._call(self._refund, charge)
+
+    def _lookup(self, key: str) -> tuple[int, Plan]:
+        row = (
+            self.db()
+            .execute("SELECT id, plan, revoked_at FROM keys WHERE hash = ?", (hash_key(key),))
+            .fetchone()
+        )
+        if row is None or row[2] is not None:
+            raise Unauthorized(
+                "this offloadd API key is unknown or revoked", code="invalid_api_key"
+            )
+        plan = self.plans.get(row[1]) or Plan(row[1], 0, 0)
+        return row[0], plan
+
+    def charge_sync(self, key: str, now: float) -> Charge:
+        """Count one request against the key's month and minute, or refuse it; exact across
+        processes because the read and the write share one immediate transaction."""
+        db = self.db()
+        key_id, plan = self._lookup(key)
+        period, minute = month_period(now), f"m{int(now // 60)}"
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            month_used = self._count(key_id, period)
+            minute_used = self._count(key_id, minute)
+            limits = _limits(plan, month_used, minute_used, now)
+            db.execute(
+                "DELETE FROM usage WHERE key_id = ? AND period LIKE 'm%' AND period != ?",
+                (key_id, minute),
+            )
+            for p in (period, minute):
+                db.execute(
+                    "INSERT INTO usage (key_id, period, count) VALUES (?, ?, 1) "
+                    "ON CONFLICT (key_id, period) DO UPDATE SET count = count + 1",
+                    (key_id, p),
+                )
+            db.execute("UPDATE keys SET last_used_at = ? WHERE id = ?", (now, key_id))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return Charge(
+            key_id, period, limits and Limits(limits.limit, limits.remaining - 1, limits.reset)
+        )
+
+    def _count(self, key_id: int, period: str) -> int:
+        row = (
+            self.db()
+            .execute("SELECT count FROM usage WHERE key_id = ? AND period = ?", (key_id, period))
+            .fetchone()
+        )
+        return row[0] if row else 0
+
+    def _refund(self, charge: Charge) -> None:
+        self.db().execute(
+            "UPDATE usage SET count = count - 1 WHERE key_id = ? AND period = ? AND count > 0",
+            (charge.key_id, charge.period),
+        )
+
+    # --- the CLI's side -----------------------------------------------------------------
+
+    def create(self, name: str, plan: str) -> str:
+        if plan not in self.plans:
+            raise ValueError(f"unknown plan {plan!r}; plans: {', '.join(self.plans)}")
+        key = new_key()
+        try:
+            self.db().execute(
+                "INSERT INTO keys (name, prefix, hash, plan, created_at) VALUES (?, ?, ?, ?, ?)",
+                (name, key[: len(KEY_PREFIX) + 6], hash_key(key), plan, time.time()),
+            )
+        except sqlite3.IntegrityError:
+            raise ValueError(f"a key named {name!r} exists already") from None
+        return key
+
+    def revoke(self, name_or_prefix: str) -> int:
+        cur = self.db().execute(
+            "UPDATE keys SET revoked_at = ? WHERE revoked_at IS NULL AND (name = ? OR prefix = ?)",
+            (time.time(), name_or_prefix, name_or_prefix),
+        )
+        return cur.rowcount
+
+    def list(self, now: float | None = None) -> list[dict]:
+        period = month_period(now or time.time())
+        rows = (
+            self.db()
+            .execute(
+                "SELECT k.name, k.prefix, k.plan, k.created_at, k.last_used_at, k.revoked_at, "
+                "COALESCE(u.count, 0) FROM keys k "
+                "LEFT JOIN usage u ON u.key_id = k.id AND u.period = ? ORDER BY k.id",
+                (period,),
+            )
+            .fetchall()
+        )
+        names = ("name", "prefix", "plan", "created_at", "last_used_at", "revoked_at", "month")
+        return [dict(zip(names, row, strict=True)) for row in rows]
+
+    def usage(self) -> list[dict]:
+        rows = (
+            self.db()
+            .execute(
+                "SELECT k.name, k.prefix, k.plan, u.period, u.count FROM usage u "
+                "JOIN keys k ON k.id = u.key_id WHERE u.period NOT LIKE 'm%' "
+                "ORDER BY u.period DESC, k.name"
+            )
+            .fetchall()
+        )
+        names = ("name", "prefix", "plan", "period", "requests")
+        return [dict(zip(names, row, strict=True)) for row in rows]
+
+
+def _limits(plan: Plan, month_used: int, minute_used: int, now: float) -> Limits | None:
+    """The figures to report before this request, or TooManyRequests if it may not run."""
+    month = plan.monthly is not None and Limits(
+        plan.monthly, plan.monthly - month_used, _month_reset(now)
+    )
+    minute = plan.per_minute is not None and Limits(
+        plan.per_minute, plan.per_minute - minute_used, 60 - int(now % 60)
+    )
+    if month and month.remaining <= 0:
+        raise _over(f"the monthly quota of {plan.monthly} requests is used up", month)
+    if minute and minute.remaining <= 0:
+        raise _over(f"the rate of {plan.per_minute} requests a minute is exceeded", minute)
+    return month or minute or None  # the month's figures while it has room, as RapidAPI did
+
+
+def _over(message: str, limits: Limits) -> TooManyRequests:
+    headers = {**limits.headers(), "Retry-After": str(limits.reset)}
+    return TooManyRequests(message, code="quota_exceeded", headers=headers)
