@@ -84,6 +84,17 @@ def main() -> None:
     help="Plans file (TOML or JSON) with quotas per plan.",
 )
 @click.option(
+    "--allow-private-webhooks",
+    is_flag=True,
+    envvar="OFFLOADD_ALLOW_PRIVATE_WEBHOOKS",
+    help="Let `webhook_url` reach loopback and private addresses.",
+)
+@click.option(
+    "--webhook-secret",
+    envvar="OFFLOADD_WEBHOOK_SECRET",
+    help="Secret for webhook signatures (default: DATA/webhook-secret, made on first use).",
+)
+@click.option(
     "--no-auth",
     is_flag=True,
     envvar="OFFLOADD_NO_AUTH",
@@ -137,6 +148,8 @@ def serve(**options) -> None:
         default_model=options["default_model"],
         auth=not options["no_auth"],
         plans_file=options["plans_file"],
+        allow_private_webhooks=options["allow_private_webhooks"],
+        webhook_secret=options["webhook_secret"],
         max_timeout=options["max_timeout"],
         default_timeout=min(90.0, options["max_timeout"]),
         max_body_bytes=options["max_body"],
@@ -289,3 +302,12 @@ def keys_usage(data: Path) -> None:
         click.echo(
             f"{r['period']:<8} {r['name']:<20} {r['prefix']:<12} {r['plan']:<10} {r['requests']:>8}"
         )
+
+
+@main.command("webhook-secret")
+@DATA_OPTION
+def webhook_secret(data: Path) -> None:
+    """Print the secret webhooks are signed with (HMAC-SHA256), making it if needed."""
+    from offloadd.webhooks import load_or_create_secret
+
+    click.echo(load_or_create_secret(data).decode())

@@ -37,6 +37,11 @@ class Config:
     # CORS: reading URLs (status, stream, stop) and, only when configured, create.
     cors_origins: tuple[str, ...] = ("*",)
     create_cors_origins: tuple[str, ...] = field(default_factory=tuple)
+    # Webhooks: where they may go, how they are signed, how long they are retried.
+    allow_private_webhooks: bool = False
+    webhook_secret: str | None = None
+    webhook_max_seconds: float = 300.0
+    webhook_backoff: float = 1.0
     # How long running requests may finish on shutdown before they are ended.
     grace_seconds: float = 10.0
 

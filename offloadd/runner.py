@@ -20,9 +20,10 @@ import orjson
 from offloadd.assemble import Completion
 from offloadd.config import Config
 from offloadd.sse import DONE, encode_event
-from offloadd.status import TERMINAL, set_status
+from offloadd.status import TERMINAL, public_view, set_status
 from offloadd.store import Location, StorageError, Store, append
 from offloadd.upstream import Call, Upstream, UpstreamError
+from offloadd.webhooks import Webhooks
 
 log = logging.getLogger("offloadd.runner")
 
@@ -41,6 +42,7 @@ class Run:
     flushed_at: float = 0.0
     cancel_reason: str = "stop"
     task: asyncio.Task | None = None
+    webhook_url: str | None = None
 
 
 class Runner:
@@ -50,17 +52,26 @@ class Runner:
         upstream: Upstream,
         config: Config,
         on_append: Callable[[Path], None] = lambda path: None,
+        webhooks: Webhooks | None = None,
     ):
         self.store, self.upstream, self.config = store, upstream, config
-        self.on_append = on_append
+        self.on_append, self.webhooks = on_append, webhooks
         self.runs: dict[str, Run] = {}
+        self.deliveries: set[asyncio.Task] = set()
         self.closing = False
 
     def start(
-        self, loc: Location, doc: dict, call: Call, usage_added: bool, timeout: float
+        self,
+        loc: Location,
+        doc: dict,
+        call: Call,
+        usage_added: bool,
+        timeout: float,
+        webhook_url: str | None = None,
     ) -> None:
         """Run a request whose files exist; its create answer need not wait for the upstream."""
         run = Run(loc, doc, self.store.open_stream(loc), usage_added, timeout)
+        run.webhook_url = webhook_url
         self.runs[loc.uuid] = run
         run.task = asyncio.create_task(self._run(run, call), name=f"offloadd-run-{loc.uuid}")
 
@@ -93,6 +104,10 @@ class Runner:
                     run.task.cancel()
             if pending:
                 await asyncio.wait(pending, timeout=5)
+        for task in self.deliveries:  # pending retries are given up on shutdown
+            task.cancel()
+        if self.deliveries:
+            await asyncio.wait(self.deliveries, timeout=5)
 
     async def _run(self, run: Run, call: Call) -> None:
         doc = run.doc
@@ -125,6 +140,25 @@ class Runner:
         finally:
             os.close(run.fd)
             self.runs.pop(run.loc.uuid, None)
+            if run.webhook_url and self.webhooks:
+                self._deliver(run)
+
+    def _deliver(self, run: Run) -> None:
+        """Post the final document to the request's webhook, in a task of its own."""
+
+        def record(outcome: dict) -> None:
+            run.doc["webhook"] = outcome
+            try:
+                self.store.write_status(run.loc, run.doc)
+            except StorageError as e:
+                log.error("request %s: webhook outcome not saved: %s", run.loc.rel, e)
+
+        task = asyncio.create_task(
+            self.webhooks.deliver(run.webhook_url, public_view(run.doc), record),
+            name=f"offloadd-webhook-{run.loc.uuid}",
+        )
+        self.deliveries.add(task)
+        task.add_done_callback(self.deliveries.discard)
 
     def _chunk(self, run: Run, raw: bytes, chunk: dict) -> None:
         """Write one upstream chunk to the stream, verbatim, and fold it into the document."""

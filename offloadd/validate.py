@@ -27,7 +27,7 @@ OWN_FIELDS = (
 class Options:
     """offloadd's own fields of a create request (never sent upstream)."""
 
-    access: str
+    access: str | None  # None: public, or the earlier request's when continuing
     timeout: float
     connect_timeout: float
     conversation_id: str | None
@@ -108,8 +108,8 @@ def _message(i: int, message: object) -> None:
 
 
 def _options(body: dict, config: Config) -> Options:
-    access = body.get("access", "public")
-    if access not in ("public", "private"):
+    access = body.get("access")
+    if access not in (None, "public", "private"):
         raise BadRequest("`access` must be `public` or `private`", code="invalid_access")
     return Options(
         access=access,

@@ -14,9 +14,12 @@ import orjson
 from aiohttp import web
 
 from offloadd import __version__
+from offloadd.access import TOKEN_QUERY, allows, authorization, new_token, private_fields
 from offloadd.config import Config
+from offloadd.continuation import continued_messages, earlier_location
 from offloadd.errors import (
     ApiError,
+    BadRequest,
     MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
@@ -28,11 +31,12 @@ from offloadd.keys import Charge, KeyStore, SQLiteKeys, load_plans
 from offloadd.mock import make_mock_app
 from offloadd.runner import Runner
 from offloadd.sse import retry_record
-from offloadd.status import create_answer, new_document, public_view
+from offloadd.status import TERMINAL, create_answer, new_document, public_view
 from offloadd.store import Location, StorageError, Store
 from offloadd.stream import Hub, respond
 from offloadd.upstream import Call, Upstream
 from offloadd.validate import parse_body
+from offloadd.webhooks import Webhooks, load_or_create_secret, shown_url
 
 log = logging.getLogger("offloadd.web")
 
@@ -101,11 +105,26 @@ async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
         url = f"http://127.0.0.1:{port}/v1"
     app[UPSTREAM_URL] = url
     connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
-    async with aiohttp.ClientSession(connector=connector, auto_decompress=False) as session:
+
+    def secret() -> bytes:  # made on first use, so a server without webhooks writes none
+        return (config.webhook_secret or "").encode() or load_or_create_secret(config.data)
+
+    async with (
+        aiohttp.ClientSession(connector=connector, auto_decompress=False) as session,
+        Webhooks.session(config.allow_private_webhooks) as hook_session,
+    ):
+        webhooks = Webhooks(
+            hook_session,
+            secret,
+            config.allow_private_webhooks,
+            config.webhook_max_seconds,
+            config.webhook_backoff,
+        )
         app[RUNNER] = Runner(
             app[STORE],
             Upstream(session, url, config.upstream_retries, config.upstream_retry_max_wait),
             config,
+            webhooks=webhooks,
         )
         yield
     if mock_runner:
@@ -287,30 +306,64 @@ async def create(request: web.Request) -> web.Response:
         await request.app[KEYS].check(caller)
     _check_json(request)
     chat = parse_body(await request.read(), config)
+    options, parameters = chat.options, chat.parameters
     key = upstream_key(request)
+    base = public_base(request)
+    earlier = _earlier(request, base, options) if options.from_status_url else None
+    webhook = options.webhook_url and runner.webhooks.check_url(options.webhook_url)
     charge = await request.app[KEYS].charge(caller) if caller else None
-    kind = 1 if request.path == "/v1/stream-chatgpt" else 2
+
+    access = options.access or (earlier or {}).get("authorization", {}).get("access", "public")
+    token = new_token() if access == "private" else None
     now = time.time()
-    options = chat.options
-    loc = Location.new("pub", datetime.fromtimestamp(now, UTC))
-    authorization = {"access": "public"}
+    loc = Location.new("priv" if token else "pub", datetime.fromtimestamp(now, UTC))
+    if earlier:
+        parameters = {**parameters, "messages": continued_messages(earlier, parameters["messages"])}
+    kind = 1 if request.path == "/v1/stream-chatgpt" else 2
     doc = new_document(
         kind=kind,
         loc=loc,
-        base_url=public_base(request),
+        base_url=base,
         created_at=now,
-        conversation_id=options.conversation_id or loc.uuid,
-        authorization=authorization,
+        conversation_id=options.conversation_id
+        or (earlier or {}).get("conversation_id")
+        or loc.uuid,
+        authorization={"access": access},
         options={"timeout": options.timeout, "connect_timeout": options.connect_timeout},
-        parameters=chat.parameters,
+        parameters=parameters,
+        from_status_url=earlier and earlier["endpoints"]["status_url"],
     )
+    if token:
+        doc.update(private_fields(token))
+    if webhook:
+        doc["webhook"] = {"url": shown_url(webhook), "status": "pending", "attempts": 0}
     await _create_files(request, loc, doc, charge)
-    call = Call(
-        chat.parameters, key, request.headers.get("X-OpenAI-Organization"), options.connect_timeout
-    )
-    runner.start(loc, doc, call, chat.usage_added, options.timeout)
+    organization = request.headers.get("X-OpenAI-Organization")
+    call = Call(parameters, key, organization, options.connect_timeout)
+    runner.start(loc, doc, call, chat.usage_added, options.timeout, webhook or None)
+    answer = create_answer(doc, kind, authorization(token) if token else {"access": "public"})
+    if token:
+        answer["endpoints"]["bearer_token"] = token
     headers = charge.limits.headers() if charge and charge.limits else None
-    return web.json_response(create_answer(doc, kind, authorization), headers=headers)
+    return web.json_response(answer, headers=headers)
+
+
+def _earlier(request: web.Request, base: str, options) -> dict:
+    """The finished request a continuation starts from, or a clear error."""
+    loc = earlier_location(options.from_status_url, base)
+    doc = request.app[RUNNER].status(loc)
+    if doc is None or not allows(doc, options.from_bearer_token):
+        raise NotFound(
+            "`from_status_url` names no conversation here (or a private one without the right "
+            "`from_bearer_token`)",
+            code="from_status_not_found",
+        )
+    if doc["status"] not in TERMINAL:
+        raise BadRequest(
+            "the conversation at `from_status_url` is still running; continue it once it ends",
+            code="from_status_not_finished",
+        )
+    return doc
 
 
 async def _create_files(request: web.Request, loc: Location, doc: dict, charge: Charge | None):
@@ -334,10 +387,25 @@ def locate(request: web.Request) -> Location:
     return loc
 
 
-async def status(request: web.Request) -> web.Response:
-    doc = request.app[RUNNER].status(locate(request))
-    if doc is None:
+def bearer(request: web.Request, query_too: bool = False) -> str | None:
+    value = request.headers.get("Authorization", "")
+    if value[:7].lower() == "bearer ":
+        return value[7:].strip()
+    return request.query.get(TOKEN_QUERY) if query_too else None
+
+
+def conversation(request: web.Request, query_token: bool = False) -> tuple[Location, dict]:
+    """The conversation a reading URL names, if the caller may see it; 404 otherwise,
+    so a private conversation's existence is not revealed."""
+    loc = locate(request)
+    doc = request.app[RUNNER].status(loc)
+    if doc is None or not allows(doc, bearer(request, query_token)):
         raise NotFound("no such conversation")
+    return loc, doc
+
+
+async def status(request: web.Request) -> web.Response:
+    _, doc = conversation(request)
     return web.json_response(public_view(doc), dumps=_dumps)
 
 
@@ -349,7 +417,7 @@ def last_event_id(request: web.Request) -> int | None:
 
 
 async def events(request: web.Request) -> web.StreamResponse:
-    loc = locate(request)
+    loc, _ = conversation(request, query_token=True)
     path = request.app[STORE].txt_path(loc)
     return await respond(
         request, request.app[HUB], path, last_event_id(request), cors_headers(request)
@@ -357,16 +425,14 @@ async def events(request: web.Request) -> web.StreamResponse:
 
 
 async def stop(request: web.Request) -> web.Response:
-    loc = locate(request)
+    loc, _ = conversation(request)
     doc = await request.app[RUNNER].stop(loc)
-    if doc is None:
-        raise NotFound("no such conversation")
     answer = {
         "status": "success",
         "conversation_id": doc["conversation_id"],
         "conversation_status": doc["status"],
     }
-    if doc["status"] not in ("done", "error", "stopped"):
+    if doc["status"] not in TERMINAL:
         answer["stop_requested"] = True
     return web.json_response(answer)
 

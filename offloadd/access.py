@@ -1,0 +1,39 @@
+"""Private conversations: bearer tokens, stored only as hashes and compared in constant time."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+
+TOKEN_QUERY = "token"
+
+
+def new_token() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def authorization(token: str) -> dict:
+    """The create answer's `authorization` for a private request (shown once)."""
+    return {
+        "access": "private",
+        "bearer_token": token,
+        "stream_url_arg": f"{TOKEN_QUERY}={token}",
+    }
+
+
+def private_fields(token: str) -> dict:
+    """What the status document keeps of the token: its hash, in offloadd's own section."""
+    return {"_offloadd": {"token_sha256": token_hash(token)}}
+
+
+def allows(doc: dict, token: str | None) -> bool:
+    """Whether `token` opens this conversation; public ones need none."""
+    if (doc.get("authorization") or {}).get("access") != "private":
+        return True
+    expected = (doc.get("_offloadd") or {}).get("token_sha256", "")
+    return bool(token) and hmac.compare_digest(token_hash(token), expected)
