@@ -42,6 +42,12 @@ class Config:
     webhook_secret: str | None = None
     webhook_max_seconds: float = 300.0
     webhook_backoff: float = 1.0
+    # Several daemons on one directory: heartbeats, stop markers, orphans.
+    heartbeat_seconds: float = 1.0
+    owner_stale_seconds: float = 10.0
+    stop_poll_seconds: float = 0.1
+    orphan_sweep_seconds: float = 2.0
+    remote_stop_wait: float = 3.0
     # How long running requests may finish on shutdown before they are ended.
     grace_seconds: float = 10.0
 

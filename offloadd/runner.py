@@ -8,6 +8,7 @@ upstream connection (so the model stops generating and billing stops).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -19,7 +20,8 @@ import orjson
 
 from offloadd.assemble import Completion
 from offloadd.config import Config
-from offloadd.sse import DONE, encode_event
+from offloadd.registry import Registry
+from offloadd.sse import DONE, encode_event, parse_all
 from offloadd.status import TERMINAL, public_view, set_status
 from offloadd.store import Location, StorageError, Store, append
 from offloadd.upstream import Call, Upstream, UpstreamError
@@ -53,9 +55,10 @@ class Runner:
         config: Config,
         on_append: Callable[[Path], None] = lambda path: None,
         webhooks: Webhooks | None = None,
+        registry: Registry | None = None,
     ):
         self.store, self.upstream, self.config = store, upstream, config
-        self.on_append, self.webhooks = on_append, webhooks
+        self.on_append, self.webhooks, self.registry = on_append, webhooks, registry
         self.runs: dict[str, Run] = {}
         self.deliveries: set[asyncio.Task] = set()
         self.closing = False
@@ -72,6 +75,8 @@ class Runner:
         """Run a request whose files exist; its create answer need not wait for the upstream."""
         run = Run(loc, doc, self.store.open_stream(loc), usage_added, timeout)
         run.webhook_url = webhook_url
+        if self.registry:
+            self.registry.claim(loc)
         self.runs[loc.uuid] = run
         run.task = asyncio.create_task(self._run(run, call), name=f"offloadd-run-{loc.uuid}")
 
@@ -83,14 +88,56 @@ class Runner:
         return self.store.read_status(loc)
 
     async def stop(self, loc: Location) -> dict | None:
-        """Cancel the owning task and wait for it to write its final state."""
+        """Cancel the owning task and wait for it to write its final state; when another
+        daemon owns it, ask that one and wait a few seconds for the answer."""
         run = self.runs.get(loc.uuid)
-        if run is None or run.loc != loc or run.task is None:
-            return self.store.read_status(loc)
-        run.cancel_reason = "stop"
-        run.task.cancel()
-        await asyncio.wait({run.task}, timeout=5)
-        return run.doc
+        if run is not None and run.loc == loc and run.task is not None:
+            run.cancel_reason = "stop"
+            run.task.cancel()
+            await asyncio.wait({run.task}, timeout=5)
+            return run.doc
+        doc = self.store.read_status(loc)
+        if doc is None or doc["status"] in TERMINAL or self.registry is None:
+            return doc
+        self.registry.request_stop(loc)
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + self.config.remote_stop_wait
+        while loop.time() < give_up:
+            await asyncio.sleep(self.config.poll_interval)
+            doc = self.store.read_status(loc) or doc
+            if doc["status"] in TERMINAL:
+                break
+        return doc
+
+    async def maintain(self) -> None:
+        """The daemon's housekeeping: heartbeat, stops asked through other daemons, and
+        ending the requests of daemons that died."""
+        registry = self.registry
+        if registry is None:
+            return
+        last_beat = last_sweep = 0.0
+        while True:
+            now = time.monotonic()
+            if now - last_beat >= self.config.heartbeat_seconds:
+                await asyncio.to_thread(registry.beat)
+                last_beat = now
+            if self.runs:
+                for uuid in registry.stop_requests() & self.runs.keys():
+                    self.runs[uuid].cancel_reason = "stop"
+                    self.runs[uuid].task.cancel()
+            if now - last_sweep >= self.config.orphan_sweep_seconds:
+                await asyncio.to_thread(self.sweep)
+                last_sweep = now
+            await asyncio.sleep(self.config.stop_poll_seconds)
+
+    def sweep(self) -> None:
+        """End every request whose owner is dead (each is taken by one daemon only)."""
+        for loc in self.registry.orphans():
+            try:
+                self.end_orphan(loc)
+            except (OSError, StorageError) as e:
+                log.error("request %s: could not end it after its daemon died: %s", loc.rel, e)
+        self.registry.forget_dead_owners()
 
     async def close(self) -> None:
         """Let running requests finish for the grace time, then end the rest as interrupted."""
@@ -140,6 +187,8 @@ class Runner:
         finally:
             os.close(run.fd)
             self.runs.pop(run.loc.uuid, None)
+            if self.registry:
+                self.registry.release(run.loc)
             if run.webhook_url and self.webhooks:
                 self._deliver(run)
 
@@ -182,32 +231,98 @@ class Runner:
     def _finish(self, run: Run, status: str, error: dict | None = None) -> None:
         """Final document first, then `event: status` and `[DONE]`: a reader after `[DONE]`
         always finds the final document."""
-        doc = run.doc
-        if doc["status"] in TERMINAL:
+        if run.doc["status"] in TERMINAL:
             return
-        now = time.time()
-        set_status(doc, status)
-        doc["error"] = error
-        doc["response"]["body"] = run.completion.body() if run.event_id else None
-        request = doc["request"]
-        request["finished_at"] = round(now, 3)
-        request["request_time"] = round(now - (request["processed_at"] or now), 3)
-        request["total_time"] = round(now - request["request_at"], 3)
-        final = {"status": status, "finish_reason": run.completion.finish_reason}
-        if error:
-            final["error"] = error
-        doc["events"] = run.event_id + 2
-        tail = encode_event(run.event_id + 1, orjson.dumps(final), "status")
-        tail += encode_event(run.event_id + 2, DONE)
+        tail = finalize(run.doc, run.completion, run.event_id, status, error)
+        self._write_end(run.loc, run.doc, tail, run.fd)
+
+    def _write_end(self, loc: Location, doc: dict, tail: bytes, fd: int) -> None:
         try:
-            self.store.write_status(run.loc, doc, durable=True)
+            self.store.write_status(loc, doc, durable=True)
         except StorageError as e:
-            log.error("request %s: final status not saved: %s", run.loc.rel, e)
+            log.error("request %s: final status not saved: %s", loc.rel, e)
         try:
-            append(run.fd, tail)
+            append(fd, tail)
         except StorageError as e:
-            log.error("request %s: stream end not saved: %s", run.loc.rel, e)
-        self.on_append(self.store.txt_path(run.loc))
+            log.error("request %s: stream end not saved: %s", loc.rel, e)
+        self.on_append(self.store.txt_path(loc))
+
+    # --- requests whose daemon died -------------------------------------------------------
+
+    def end_orphan(self, loc: Location) -> None:
+        """End a request whose owner died: its answer is rebuilt from the stream file (which
+        is ahead of the status file by up to a second), then it ends `interrupted` — or
+        `stopped`, if someone asked for that — with status and `[DONE]` so readers are
+        released."""
+        doc = self.store.read_status(loc)
+        if doc is None:
+            return
+        path = self.store.txt_path(loc)
+        fd = self.store.open_stream(loc)
+        try:
+            events, completion, last_id = _replay(path)
+            if events and events[-1].data == DONE:
+                return  # it ended; only its marker was left behind
+            stop_asked = self.registry is not None and loc.uuid in self.registry.stop_requests()
+            if doc["status"] in TERMINAL:  # died between the two final writes
+                final = {"status": doc["status"], "finish_reason": completion.finish_reason}
+                if doc.get("error"):
+                    final["error"] = doc["error"]
+                tail = closing(last_id, final)
+            elif stop_asked:
+                tail = finalize(doc, completion, last_id, "stopped", None)
+            else:
+                message = "the daemon running this request stopped before it completed"
+                tail = finalize(doc, completion, last_id, "error", _error("interrupted", message))
+            self._write_end(loc, doc, tail, fd)
+            log.warning("request %s ended as %s (its daemon died)", loc.rel, doc["status"])
+        finally:
+            os.close(fd)
+            if self.registry:
+                self.registry.release(loc)
+
+
+def closing(last_id: int, final: dict) -> bytes:
+    """The two events every stream ends with."""
+    tail = encode_event(last_id + 1, orjson.dumps(final), "status")
+    return tail + encode_event(last_id + 2, DONE)
+
+
+def finalize(
+    doc: dict, completion: Completion, last_id: int, status: str, error: dict | None
+) -> bytes:
+    """Bring the document to its final state; return the bytes that end the stream."""
+    now = time.time()
+    set_status(doc, status)
+    doc["error"] = error
+    doc["response"]["body"] = completion.body() if last_id else None
+    request = doc["request"]
+    request["finished_at"] = round(now, 3)
+    request["request_time"] = round(now - (request["processed_at"] or now), 3)
+    request["total_time"] = round(now - request["request_at"], 3)
+    final = {"status": status, "finish_reason": completion.finish_reason}
+    if error:
+        final["error"] = error
+    doc["events"] = last_id + 2
+    return closing(last_id, final)
+
+
+def _replay(path: Path) -> tuple[list, Completion, int]:
+    """The complete events of a stream file (a torn last record is cut off), and the
+    completion they add up to."""
+    raw = path.read_bytes()
+    whole = raw.rfind(b"\n\n") + 2
+    if whole < len(raw):
+        os.truncate(path, whole)
+    events = parse_all(raw[:whole])
+    completion, last_id = Completion(), 0
+    for event in events:
+        if event.id and event.id.isdigit():
+            last_id = int(event.id)
+        if event.event in (None, "usage") and event.data.startswith(b"{"):
+            with contextlib.suppress(orjson.JSONDecodeError):
+                completion.add(orjson.loads(event.data))
+    return events, completion, last_id
 
 
 def _error(code: str, message: str) -> dict:

@@ -29,6 +29,7 @@ from offloadd.errors import (
 )
 from offloadd.keys import Charge, KeyStore, SQLiteKeys, load_plans
 from offloadd.mock import make_mock_app
+from offloadd.registry import Registry
 from offloadd.runner import Runner
 from offloadd.sse import retry_record
 from offloadd.status import TERMINAL, create_answer, new_document, public_view
@@ -125,6 +126,7 @@ async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
             Upstream(session, url, config.upstream_retries, config.upstream_retry_max_wait),
             config,
             webhooks=webhooks,
+            registry=Registry(config.data, config.owner_stale_seconds),
         )
         yield
     if mock_runner:
@@ -136,11 +138,17 @@ async def _runner_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     hub = app[HUB] = Hub(config.poll_interval, config.keepalive_seconds)
     app[RUNNER].on_append = hub.poke
-    task = asyncio.create_task(hub.run(), name="offloadd-hub")
+    tasks = [
+        asyncio.create_task(hub.run(), name="offloadd-hub"),
+        asyncio.create_task(app[RUNNER].maintain(), name="offloadd-maintain"),
+    ]
     yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    app[RUNNER].registry.leave()
 
 
 async def _shutdown(app: web.Application) -> None:

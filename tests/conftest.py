@@ -136,4 +136,90 @@ def make_api(make_client, mock_server):
 
 
 def files_under(root: Path) -> list[Path]:
-    return sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
+    """The conversations' files (not the key database or the daemons' own bookkeeping)."""
+    return sorted(p for scope in ("pub", "priv") for p in (root / scope).rglob("*") if p.is_file())
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Daemon:
+    """A real `offloadd` process (serve or mock-upstream) on a free loopback port."""
+
+    def __init__(self, *args: str, ready: bytes = b"listening"):
+        self.port = free_port()
+        self.args, self.ready = args, ready
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: asyncio.subprocess.Process | None = None
+        self.output = b""
+
+    async def start(self) -> Daemon:
+        import os
+        import sys
+
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "offloadd",
+            *self.args,
+            "--port",
+            str(self.port),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        line = await asyncio.wait_for(self.proc.stdout.readline(), 30)
+        assert self.ready in line, line
+        self._drain = asyncio.create_task(self._read_output())
+        return self
+
+    async def _read_output(self) -> None:
+        while chunk := await self.proc.stdout.read(65536):
+            self.output += chunk
+
+    def signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    async def wait(self, timeout: float = 30) -> int:
+        code = await asyncio.wait_for(self.proc.wait(), timeout)
+        await self._drain
+        return code
+
+    async def close(self) -> None:
+        import signal
+
+        if self.proc and self.proc.returncode is None:
+            self.signal(signal.SIGTERM)
+            try:
+                await self.wait(20)
+            except TimeoutError:
+                self.proc.kill()
+                await self.proc.wait()
+
+
+@pytest.fixture
+async def spawn():
+    """Start real daemons; all are stopped at the end of the test."""
+    daemons: list[Daemon] = []
+
+    async def start(*args: str, ready: bytes = b"listening") -> Daemon:
+        daemon = await Daemon(*args, ready=ready).start()
+        daemons.append(daemon)
+        return daemon
+
+    yield start
+    for daemon in daemons:
+        await daemon.close()
+
+
+@pytest.fixture
+async def http():
+    import aiohttp
+
+    async with aiohttp.ClientSession() as session:
+        yield session

@@ -1,0 +1,114 @@
+"""Crashes and shutdowns: nothing running is left hanging, nothing finished is touched."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from pathlib import Path
+
+import orjson
+
+from offloadd.sse import parse_all
+
+LONG = {"messages": [{"role": "user", "content": "x"}], "model": "mock?tokens=2000&delay_ms=10"}
+SHORT = {"messages": [{"role": "user", "content": "x"}], "model": "mock?tokens=3"}
+
+
+async def _create(http, base: str, body: dict) -> dict:
+    async with http.post(
+        f"{base}/v1/stream-chatgpt", json=body, headers={"X-OpenAI-API-Key": "sk-x"}
+    ) as resp:
+        assert resp.status == 200
+        return (await resp.json())["endpoints"]
+
+
+async def _status(http, url: str) -> dict:
+    async with http.get(url) as resp:
+        return await resp.json()
+
+
+async def _wait(http, url: str, *statuses: str, timeout: float = 15) -> dict:
+    async with asyncio.timeout(timeout):
+        while (doc := await _status(http, url))["status"] not in statuses:
+            await asyncio.sleep(0.05)
+    return doc
+
+
+async def _read(http, url: str) -> bytes:
+    async with http.get(url) as resp:
+        return await resp.read()
+
+
+def _files(data: Path, urls: dict) -> tuple[Path, Path]:
+    rel = urls["status_url"].split("/r/", 1)[1][: -len(".json")]
+    return data / f"{rel}.json", data / f"{rel}.txt"
+
+
+class TestKill:
+    async def test_sigkill_then_restart_ends_running_requests_as_interrupted(
+        self, spawn, http, tmp_path
+    ):
+        data = tmp_path / "data"
+        args = ("serve", "--data", str(data), "--upstream-url", "mock", "--no-auth")
+        first = await spawn(*args)
+        finished = await _create(http, first.url, SHORT)
+        await _read(http, finished["stream_events_url"])
+        before = [p.read_bytes() for p in _files(data, finished)]
+        running = [await _create(http, first.url, LONG) for _ in range(3)]
+        for urls in running:
+            await _wait(http, urls["status_url"], "streaming")
+        await asyncio.sleep(0.3)
+        first.signal(signal.SIGKILL)
+        await first.wait()
+
+        second = await spawn(*args)  # same directory, new process
+        for urls in running:
+            status_url = urls["status_url"].replace(first.url, second.url)
+            doc = await _wait(http, status_url, "done", "error", "stopped")
+            assert doc["status"] == "error"
+            assert doc["error"]["code"] == "interrupted"
+            json_path, txt_path = _files(data, urls)
+            on_disk = orjson.loads(json_path.read_bytes())
+            assert on_disk["status"] == "error"
+            events = parse_all(txt_path.read_bytes())
+            assert events[-1].data == b"[DONE]" and events[-2].event == "status"
+            ids = [int(e.id) for e in events if e.id]
+            assert ids == list(range(1, len(ids) + 1))
+            # the text in the status equals what the stream holds
+            text = "".join(
+                orjson.loads(e.data)["choices"][0]["delta"].get("content") or ""
+                for e in events
+                if e.event is None and e.data.startswith(b"{") and orjson.loads(e.data)["choices"]
+            )
+            assert doc["response"]["body"]["choices"][0]["message"]["content"] == text
+            assert len(text.split()) > 3
+            # a reader that reconnects is released
+            raw = await _read(http, urls["stream_events_url"].replace(first.url, second.url))
+            assert raw.endswith(b"data: [DONE]\n\n")
+        assert [p.read_bytes() for p in _files(data, finished)] == before
+        for path in data.rglob("*.json"):
+            orjson.loads(path.read_bytes())
+
+
+class TestTerm:
+    async def test_sigterm_lets_short_requests_finish_and_ends_the_rest(
+        self, spawn, http, tmp_path
+    ):
+        data = tmp_path / "data"
+        daemon = await spawn(
+            "serve", "--data", str(data), "--upstream-url", "mock", "--no-auth", "--grace", "1"
+        )
+        slowish = {**SHORT, "model": "mock?tokens=20&delay_ms=20"}
+        short = await _create(http, daemon.url, slowish)
+        long = await _create(http, daemon.url, LONG)
+        reader = asyncio.create_task(_read(http, long["stream_events_url"]))
+        await _wait(http, long["status_url"], "streaming")
+        daemon.signal(signal.SIGTERM)
+        raw = await asyncio.wait_for(reader, 15)
+        assert raw.endswith(b"data: [DONE]\n\n")
+        assert await daemon.wait() == 0
+        short_doc = orjson.loads(_files(data, short)[0].read_bytes())
+        long_doc = orjson.loads(_files(data, long)[0].read_bytes())
+        assert short_doc["status"] == "done"
+        assert long_doc["status"] == "error" and long_doc["error"]["code"] == "interrupted"
+        assert orjson.loads(parse_all(raw)[-2].data)["status"] == "error"
