@@ -6,7 +6,7 @@ hands it to the app factory.
 
 from __future__ import annotations
 
-import logging
+import os
 import time
 from pathlib import Path
 
@@ -14,7 +14,7 @@ import click
 from aiohttp import web
 
 from offloadd.config import MOCK, OPENAI_URL, Config
-from offloadd.logs import AccessLogger, setup
+from offloadd.logs import setup
 from offloadd.mock import make_mock_app
 
 
@@ -83,6 +83,17 @@ def main() -> None:
     envvar="OFFLOADD_PLANS",
     help="Plans file (TOML or JSON) with quotas per plan.",
 )
+@click.option(
+    "--workers",
+    default=1,
+    show_default=True,
+    envvar="OFFLOADD_WORKERS",
+    help="Processes serving one socket (one per core).",
+)
+@click.option(
+    "--fd", type=int, envvar="OFFLOADD_FD", help="Serve on this inherited listening socket."
+)
+@click.option("--unix", envvar="OFFLOADD_UNIX", help="Serve on a Unix socket at this path.")
 @click.option(
     "--allow-private-webhooks",
     is_flag=True,
@@ -156,6 +167,9 @@ def serve(**options) -> None:
         cors_origins=_origins(options["cors_origins"]),
         create_cors_origins=_origins(options["create_cors_origins"]),
         grace_seconds=options["grace"],
+        workers=options["workers"],
+        fd=options["fd"],
+        unix=options["unix"],
     )
     run(config)
 
@@ -169,25 +183,29 @@ def describe_upstream(config: Config) -> str:
 
 def run(config: Config) -> None:
     """Start the server and serve until SIGINT or SIGTERM."""
-    from offloadd.web import make_app
+    from offloadd.server import serve
 
     try:
         config.data.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise click.ClickException(f"cannot use data directory {config.data}: {e}") from e
-    line = (
-        f"offloadd listening on http://{config.host}:{config.port}, "
+    try:
+        serve(config, lambda: click.echo(_start_line(config)))
+    except OSError as e:
+        raise click.ClickException(f"cannot listen: {e}") from e
+
+
+def _start_line(config: Config) -> str:
+    if config.unix:
+        place = f"unix:{config.unix}"
+    elif config.fd is not None or os.environ.get("LISTEN_FDS"):
+        place = "an inherited socket"
+    else:
+        place = f"http://{config.host}:{config.port}"
+    workers = f" ({config.workers} workers)" if config.workers > 1 else ""
+    return (
+        f"offloadd listening on {place}{workers}, "
         f"upstream: {describe_upstream(config)}, data: {config.data}"
-    )
-    web.run_app(
-        make_app(config),
-        host=config.host,
-        port=config.port,
-        print=lambda _: click.echo(line),
-        access_log_class=AccessLogger,
-        access_log=logging.getLogger("offloadd.access"),
-        handler_cancellation=True,
-        shutdown_timeout=config.grace_seconds + 5,
     )
 
 

@@ -14,6 +14,9 @@ class Config:
     data: Path
     host: str = "127.0.0.1"
     port: int = 8080
+    unix: str | None = None
+    fd: int | None = None
+    workers: int = 1
     public_url: str | None = None
     upstream_url: str = OPENAI_URL
     upstream_key: str | None = None

@@ -460,12 +460,13 @@ async def index(request: web.Request) -> web.Response:
 
 
 async def healthz(request: web.Request) -> web.Response:
-    closing = request.app[RUNNER].closing
+    runner = request.app[RUNNER]
     body = {
-        "status": "shutting_down" if closing else "ok",
-        "running": len(request.app[RUNNER].runs),
+        "status": "shutting_down" if runner.closing else "ok",
+        "running": len(runner.runs),
+        "daemon": runner.registry.owner,
     }
-    return web.json_response(body, status=503 if closing else 200)
+    return web.json_response(body, status=503 if runner.closing else 200)
 
 
 def _dumps(obj: object) -> str:

@@ -1,0 +1,105 @@
+"""Running the daemon: the listening socket (TCP, Unix, or inherited from systemd), one
+process or several workers sharing it, and a clean exit on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+import stat
+from collections.abc import Callable
+
+from aiohttp import web
+
+from offloadd.config import Config
+from offloadd.logs import AccessLogger
+
+log = logging.getLogger("offloadd.server")
+SD_LISTEN_FDS_START = 3
+
+
+def listen_socket(config: Config) -> socket.socket:
+    """The socket to serve on: `--fd`, systemd socket activation, `--unix`, or host:port."""
+    if config.fd is not None:
+        return socket.socket(fileno=config.fd)
+    if os.environ.get("LISTEN_PID") == str(os.getpid()) and os.environ.get("LISTEN_FDS"):
+        return socket.socket(fileno=SD_LISTEN_FDS_START)
+    if config.unix:
+        with_path = config.unix
+        if os.path.exists(with_path) and stat.S_ISSOCK(os.stat(with_path).st_mode):
+            os.unlink(with_path)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.bind(with_path)
+        os.chmod(with_path, 0o660)
+    else:
+        family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((config.host, config.port))
+    sock.listen(1024)
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve_one(config: Config, sock: socket.socket, announce: Callable[[], None] | None) -> None:
+    """One process serving until SIGINT or SIGTERM."""
+    from offloadd.web import make_app
+
+    _use_uvloop()
+    web.run_app(
+        make_app(config),
+        sock=sock,
+        print=(lambda _: announce()) if announce else None,
+        access_log_class=AccessLogger,
+        access_log=logging.getLogger("offloadd.access"),
+        handler_cancellation=True,
+        shutdown_timeout=config.grace_seconds + 5,
+    )
+
+
+def serve(config: Config, announce: Callable[[], None]) -> None:
+    """Serve with `config.workers` processes on one socket; the parent only supervises."""
+    sock = listen_socket(config)
+    if config.workers <= 1:
+        serve_one(config, sock, announce)
+        return
+    context = multiprocessing.get_context("fork")
+    workers = [_start(context, config, sock) for _ in range(config.workers)]
+    announce()
+    stopping = False
+
+    def stop(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for worker in workers:
+            if worker.is_alive():
+                os.kill(worker.pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    while not stopping:
+        for i, worker in enumerate(workers):
+            worker.join(timeout=0.5 / len(workers))
+            if not stopping and not worker.is_alive():
+                log.error("worker %s exited with %s; starting another", worker.pid, worker.exitcode)
+                workers[i] = _start(context, config, sock)
+    for worker in workers:
+        worker.join()
+
+
+def _start(context, config: Config, sock: socket.socket):
+    worker = context.Process(target=serve_one, args=(config, sock, None), daemon=False)
+    worker.start()
+    return worker
+
+
+def _use_uvloop() -> None:
+    """uvloop, when installed, roughly halves the event loop's share of each event."""
+    try:
+        import uvloop
+    except ImportError:
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())

@@ -1,0 +1,175 @@
+"""Several daemons on one data directory: any daemon serves any URL, stops reach the owner,
+and a dead daemon's requests are ended by another."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+
+import orjson
+import pytest
+
+from offloadd.sse import parse_all
+from offloadd.store import Location
+
+LONG = {"messages": [{"role": "user", "content": "x"}], "model": "mock?tokens=3000&delay_ms=10"}
+
+
+@pytest.fixture
+async def cluster(spawn, tmp_path):
+    """A shared mock upstream and three daemons (A, B, C) on one directory."""
+    mock = await spawn("mock-upstream", ready=b"mock upstream listening")
+    data = tmp_path / "data"
+    daemons = [
+        await spawn(
+            "serve",
+            "--data",
+            str(data),
+            "--no-auth",
+            "--upstream-url",
+            f"{mock.url}/v1",
+            "--upstream-key",
+            "sk-own",
+        )
+        for _ in range(3)
+    ]
+    return mock, data, daemons
+
+
+async def _create(http, base: str, body: dict = LONG) -> dict:
+    async with http.post(f"{base}/v1/stream-chatgpt", json=body) as resp:
+        assert resp.status == 200
+        return (await resp.json())["endpoints"]
+
+
+def _on(url: str, daemon) -> str:
+    return "http://127.0.0.1:" + str(daemon.port) + "/" + url.split("/", 3)[3]
+
+
+async def _json(http, url: str, method: str = "GET") -> dict:
+    async with http.request(method, url) as resp:
+        return await resp.json()
+
+
+async def _wait(http, url: str, *statuses: str, timeout: float = 15) -> dict:
+    async with asyncio.timeout(timeout):
+        while (doc := await _json(http, url))["status"] not in statuses:
+            await asyncio.sleep(0.05)
+    return doc
+
+
+async def _mock_requests(http, mock) -> list[dict]:
+    return (await _json(http, f"{mock.url}/_mock/requests"))["requests"]
+
+
+class TestCluster:
+    async def test_read_anywhere_stop_anywhere(self, cluster, http):
+        mock, data, (a, b, c) = cluster
+        urls = await _create(http, a.url)
+        readers = [
+            asyncio.create_task(http.get(_on(urls["stream_events_url"], d)).__aenter__())
+            for d in (b, c)
+        ]
+        responses = await asyncio.gather(*readers)
+        doc_b = await _wait(http, _on(urls["status_url"], b), "streaming")
+        assert doc_b["response"]["body"]["choices"][0]["message"]["content"] is not None
+        await asyncio.sleep(0.3)
+        answer = await _json(http, _on(urls["stop_url"], c), "POST")
+        assert answer["status"] == "success"
+        assert answer["conversation_status"] == "stopped"
+        [seen] = await _mock_requests(http, mock)
+        assert seen["client_closed"] is True and seen["chunks_sent"] < 3003
+        bodies = [await r.read() for r in responses]
+        rel = urls["stream_events_url"].split("/r/", 1)[1]
+        assert bodies[0] == bodies[1] == (data / rel).read_bytes()
+        assert orjson.loads(parse_all(bodies[0])[-2].data)["status"] == "stopped"
+
+    async def test_a_killed_owner_is_noticed_and_its_request_ended(self, cluster, http):
+        _, data, (a, b, c) = cluster
+        urls = await _create(http, a.url)
+        reader = await http.get(_on(urls["stream_events_url"], c)).__aenter__()
+        await _wait(http, _on(urls["status_url"], b), "streaming")
+        a.signal(signal.SIGKILL)
+        await a.wait()
+        doc = await _wait(http, _on(urls["status_url"], b), "error", "done", "stopped")
+        assert doc["error"]["code"] == "interrupted"
+        raw = await asyncio.wait_for(reader.read(), 15)
+        assert raw.endswith(b"data: [DONE]\n\n")
+
+
+class TestStaleOwner:
+    async def test_an_owner_on_another_host_that_stopped_beating_is_taken_over(
+        self, spawn, http, tmp_path
+    ):
+        """A daemon on another host cannot be asked by pid: its heartbeat going stale is
+        what tells that it died."""
+        data = tmp_path / "data"
+        daemon = await spawn("serve", "--data", str(data), "--no-auth", "--upstream-url", "mock")
+        urls = await _create(http, daemon.url, {**LONG, "model": "mock?tokens=2"})
+        await _wait(http, urls["status_url"], "done")
+        # A request "running" on host `elsewhere`, last heard of 60 s ago.
+        loc = Location.new("pub", __import__("datetime").datetime.now().astimezone())
+        folder = data / loc.scope / loc.stamp
+        folder.mkdir(parents=True, exist_ok=True)
+        template = orjson.loads((data / urls["status_url"].split("/r/", 1)[1]).read_bytes())
+        template.update(status="streaming", error=None)
+        (folder / f"{loc.uuid}.json").write_bytes(orjson.dumps(template))
+        chunk = b'{"choices":[{"index":0,"delta":{"content":"partial"}}]}'
+        (folder / f"{loc.uuid}.txt").write_bytes(b"retry: 3000\n\nid: 1\ndata: " + chunk + b"\n\n")
+        owner = data / ".offloadd" / "owners" / "elsewhere.1.abc"
+        owner.write_bytes(orjson.dumps({"host": "elsewhere", "pid": 1}))
+        os.utime(owner, (time.time() - 60, time.time() - 60))
+        marker = orjson.dumps({"rel": loc.rel, "owner": "elsewhere.1.abc"})
+        (data / ".offloadd" / "run" / loc.uuid).write_bytes(marker)
+        status_url = f"{daemon.url}/1/r/{loc.rel}.json"
+        doc = await _wait(http, status_url, "error")
+        assert doc["error"]["code"] == "interrupted"
+        assert doc["response"]["body"]["choices"][0]["message"]["content"] == "partial"
+        assert not owner.exists()
+
+
+class TestServeModes:
+    async def test_workers_share_one_port(self, spawn, tmp_path):
+        import aiohttp
+
+        data = tmp_path / "data"
+        daemon = await spawn(
+            "serve", "--data", str(data), "--no-auth", "--upstream-url", "mock", "--workers", "2"
+        )
+        owners = set()
+        connector = aiohttp.TCPConnector(force_close=True)
+        async with aiohttp.ClientSession(connector=connector) as http:
+            for _ in range(60):
+                owners.add((await _json(http, f"{daemon.url}/healthz"))["daemon"])
+                if len(owners) == 2:
+                    break
+            assert len(owners) == 2
+            urls = await _create(http, daemon.url, {**LONG, "model": "mock?tokens=50"})
+            async with http.get(urls["stream_events_url"]) as resp:
+                assert (await resp.read()).endswith(b"data: [DONE]\n\n")
+        daemon.signal(signal.SIGTERM)
+        assert await daemon.wait() == 0
+
+    async def test_unix_socket(self, spawn, tmp_path):
+        import aiohttp
+
+        path = str(tmp_path / "offloadd.sock")
+        await spawn(
+            "serve",
+            "--data",
+            str(tmp_path / "data"),
+            "--no-auth",
+            "--upstream-url",
+            "mock",
+            "--unix",
+            path,
+            "--public-url",
+            "http://app",
+        )
+        async with aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=path)) as http:
+            urls = await _create(http, "http://app", {**LONG, "model": "mock?tokens=3"})
+            assert urls["status_url"].startswith("http://app/1/r/pub/")
+            async with http.get(urls["stream_events_url"]) as resp:
+                assert (await resp.read()).endswith(b"data: [DONE]\n\n")
