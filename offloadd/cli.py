@@ -22,6 +22,17 @@ def _origins(value: str) -> tuple[str, ...]:
     return tuple(o.strip() for o in value.split(",") if o.strip())
 
 
+def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
+    from offloadd.retention import parse_duration
+
+    if value is None:
+        return None
+    try:
+        return parse_duration(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+
+
 @click.group()
 @click.version_option(package_name="offloadd")
 def main() -> None:
@@ -82,6 +93,12 @@ def main() -> None:
     type=click.Path(dir_okay=False, path_type=Path),
     envvar="OFFLOADD_PLANS",
     help="Plans file (TOML or JSON) with quotas per plan.",
+)
+@click.option(
+    "--retention",
+    callback=_duration,
+    envvar="OFFLOADD_RETENTION",
+    help="Remove finished conversations older than this (30d, 12h…), checked hourly.",
 )
 @click.option(
     "--workers",
@@ -168,6 +185,7 @@ def serve(**options) -> None:
         create_cors_origins=_origins(options["create_cors_origins"]),
         grace_seconds=options["grace"],
         workers=options["workers"],
+        retention_seconds=options["retention"],
         fd=options["fd"],
         unix=options["unix"],
     )
@@ -329,3 +347,26 @@ def webhook_secret(data: Path) -> None:
     from offloadd.webhooks import load_or_create_secret
 
     click.echo(load_or_create_secret(data).decode())
+
+
+# --- retention --------------------------------------------------------------------------
+
+
+@main.command()
+@click.option(
+    "--older-than",
+    required=True,
+    callback=_duration,
+    help="Age of conversations to remove: 30d, 12h, 90m, …",
+)
+@click.option("--dry-run", is_flag=True, help="Only list what would be removed.")
+@DATA_OPTION
+def gc(older_than: float, dry_run: bool, data: Path) -> None:
+    """Remove finished conversations older than a cutoff (never a running one)."""
+    from offloadd.retention import collect
+
+    paths = collect(data, older_than, dry_run=dry_run)
+    for path in paths:
+        click.echo(path.relative_to(data).with_suffix(""))
+    verb = "would remove" if dry_run else "removed"
+    click.echo(f"{verb} {len(paths)} conversation(s)")

@@ -51,6 +51,8 @@ class Config:
     stop_poll_seconds: float = 0.1
     orphan_sweep_seconds: float = 2.0
     remote_stop_wait: float = 3.0
+    # Retention: finished conversations older than this are removed (None: kept forever).
+    retention_seconds: float | None = None
     # How long running requests may finish on shutdown before they are ended.
     grace_seconds: float = 10.0
 

@@ -30,6 +30,7 @@ from offloadd.errors import (
 from offloadd.keys import Charge, KeyStore, SQLiteKeys, load_plans
 from offloadd.mock import make_mock_app
 from offloadd.registry import Registry
+from offloadd.retention import collect
 from offloadd.runner import Runner
 from offloadd.sse import retry_record
 from offloadd.status import TERMINAL, create_answer, new_document, public_view
@@ -142,6 +143,8 @@ async def _runner_ctx(app: web.Application) -> AsyncIterator[None]:
         asyncio.create_task(hub.run(), name="offloadd-hub"),
         asyncio.create_task(app[RUNNER].maintain(), name="offloadd-maintain"),
     ]
+    if config.retention_seconds:
+        tasks.append(asyncio.create_task(_retention(config), name="offloadd-retention"))
     yield
     for task in tasks:
         task.cancel()
@@ -149,6 +152,15 @@ async def _runner_ctx(app: web.Application) -> AsyncIterator[None]:
         with contextlib.suppress(asyncio.CancelledError):
             await task
     app[RUNNER].registry.leave()
+
+
+async def _retention(config: Config) -> None:
+    """Apply `--retention` at start and then every hour (or sooner for short retentions)."""
+    while True:
+        removed = await asyncio.to_thread(collect, config.data, config.retention_seconds)
+        if removed:
+            log.info("retention: removed %d conversation(s)", len(removed))
+        await asyncio.sleep(min(3600.0, max(1.0, config.retention_seconds / 10)))
 
 
 async def _shutdown(app: web.Application) -> None:
