@@ -91,7 +91,7 @@ def _message(i: int, message: object) -> None:
     if not isinstance(message, dict):
         raise BadRequest(f"messages[{i}] must be an object", code="invalid_messages")
     role = message.get("role")
-    if role not in ROLES:
+    if not isinstance(role, str) or role not in ROLES:
         raise BadRequest(
             f"messages[{i}].role must be one of {', '.join(sorted(ROLES))}",
             code="invalid_messages",

@@ -29,6 +29,7 @@ from offloadd.errors import (
 )
 from offloadd.keys import Charge, KeyStore, SQLiteKeys, load_plans
 from offloadd.mock import make_mock_app
+from offloadd.openapi import document
 from offloadd.registry import Registry
 from offloadd.retention import collect
 from offloadd.runner import Runner
@@ -73,6 +74,7 @@ def make_app(config: Config) -> web.Application:
     app.on_shutdown.append(_shutdown)
     app.router.add_get("/", index)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/openapi.json", openapi)
     app.router.add_post("/v1/stream-chatgpt", create)
     app.router.add_post("/v1/async-chatgpt", create)
     app.router.add_get(f"{READ_BASE}/{UUID}.json", status)
@@ -469,6 +471,10 @@ async def index(request: web.Request) -> web.Response:
             "upstream": "mock" if request.app[CONFIG].uses_mock else request.app[UPSTREAM_URL],
         }
     )
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return web.json_response(document(), headers={"Access-Control-Allow-Origin": "*"})
 
 
 async def healthz(request: web.Request) -> web.Response:

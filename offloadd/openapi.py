@@ -1,0 +1,222 @@
+"""The OpenAPI 3.1 description of the whole API, served at `/openapi.json`.
+
+Written by hand (the API is small and its shapes are fixed by the original);
+the test suite checks it against the real answers with schemathesis.
+"""
+
+from __future__ import annotations
+
+from offloadd import __version__
+
+_ERROR = {
+    "type": "object",
+    "required": ["status", "error"],
+    "properties": {
+        "status": {"const": "error"},
+        "error": {
+            "type": "object",
+            "required": ["code", "message"],
+            "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+        },
+    },
+}
+_MESSAGE = {
+    "type": "object",
+    "required": ["role"],
+    "properties": {
+        "role": {"enum": ["system", "user", "assistant", "tool", "developer"]},
+        "content": {"type": ["string", "array", "null"]},
+    },
+}
+_CREATE_BODY = {
+    "type": "object",
+    "required": ["messages"],
+    "properties": {
+        "messages": {
+            "oneOf": [
+                {"type": "array", "items": _MESSAGE, "minItems": 1},
+                {"type": "string", "description": "the list of messages, JSON-encoded"},
+            ]
+        },
+        "model": {"type": "string", "minLength": 1},
+        "access": {"enum": ["public", "private"]},
+        "timeout": {"type": "number", "minimum": 1, "maximum": 90},
+        "connect_timeout": {"type": "number", "minimum": 1, "maximum": 10},
+        "conversation_id": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"},
+        "from_status_url": {"type": "string"},
+        "from_bearer_token": {"type": "string"},
+        "webhook_url": {"type": "string"},
+    },
+    "additionalProperties": True,
+}
+_ENDPOINTS = {
+    "type": "object",
+    "required": ["status_url", "stop_url"],
+    "properties": {
+        "status_url": {"type": "string"},
+        "stream_events_url": {"type": "string"},
+        "stop_url": {"type": "string"},
+        "bearer_token": {"type": "string"},
+        "from_status_url": {"type": "string"},
+    },
+}
+_AUTHORIZATION = {
+    "type": "object",
+    "required": ["access"],
+    "properties": {
+        "access": {"enum": ["public", "private"]},
+        "bearer_token": {"type": "string"},
+        "stream_url_arg": {"type": "string"},
+    },
+}
+_CREATED = {
+    "type": "object",
+    "required": ["status", "created_at", "conversation_id", "README", "authorization", "endpoints"],
+    "properties": {
+        "status": {"const": "success"},
+        "created_at": {"type": "integer"},
+        "conversation_id": {"type": "string"},
+        "README": {"type": "string"},
+        "authorization": _AUTHORIZATION,
+        "endpoints": _ENDPOINTS,
+    },
+}
+_STATUS = {
+    "type": "object",
+    "required": [
+        "status",
+        "created_at",
+        "conversation_id",
+        "README",
+        "endpoints",
+        "request",
+        "parameters",
+        "response",
+        "error",
+        "events",
+    ],
+    "properties": {
+        "status": {"enum": ["waiting", "streaming", "done", "error", "stopped"]},
+        "created_at": {"type": "integer"},
+        "conversation_id": {"type": "string"},
+        "README": {"type": "string"},
+        "authorization": _AUTHORIZATION,
+        "endpoints": _ENDPOINTS,
+        "request": {"type": "object"},
+        "options": {"type": "object"},
+        "parameters": {"type": "object"},
+        "response": {"type": "object"},
+        "error": {"type": ["object", "null"]},
+        "events": {"type": "integer"},
+        "webhook": {"type": "object"},
+    },
+}
+_STOPPED = {
+    "type": "object",
+    "required": ["status", "conversation_id", "conversation_status"],
+    "properties": {
+        "status": {"const": "success"},
+        "conversation_id": {"type": "string"},
+        "conversation_status": {"enum": ["waiting", "streaming", "done", "error", "stopped"]},
+        "stop_requested": {"type": "boolean"},
+    },
+}
+
+
+def _json(schema: dict, description: str) -> dict:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _errors(*codes: int) -> dict:
+    return {str(code): _json(_ERROR, "error") for code in codes}
+
+
+_PATH_PARAMS = [
+    {"name": "kind", "in": "path", "required": True, "schema": {"enum": ["1", "2"]}},
+    {"name": "scope", "in": "path", "required": True, "schema": {"enum": ["pub", "priv"]}},
+    *(
+        {"name": n, "in": "path", "required": True, "schema": {"type": "string"}}
+        for n in ("year", "month", "day", "hour", "minute", "second", "uuid")
+    ),
+]
+_BASE = "/{kind}/r/{scope}/{year}/{month}/{day}/{hour}/{minute}/{second}/{uuid}"
+
+
+def _create(summary: str) -> dict:
+    return {
+        "post": {
+            "summary": summary,
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": _CREATE_BODY}},
+            },
+            "parameters": [
+                {"name": "X-OpenAI-API-Key", "in": "header", "schema": {"type": "string"}},
+            ],
+            "responses": {
+                "200": _json(_CREATED, "created; the upstream call runs on"),
+                **_errors(400, 401, 404, 413, 415, 429, 503),
+            },
+        }
+    }
+
+
+def document() -> dict:
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "offloadd",
+            "version": __version__,
+            "description": "A self-hosted OffloadGPT: create a Chat Completions request once, "
+            "follow its answer over Server-Sent Events, read its status, stop it.",
+        },
+        "paths": {
+            "/v1/stream-chatgpt": _create("Create a request to follow as an event stream"),
+            "/v1/async-chatgpt": _create("Create a request to poll"),
+            f"{_BASE}.json": {
+                "get": {
+                    "summary": "The status document",
+                    "parameters": _PATH_PARAMS,
+                    "responses": {"200": _json(_STATUS, "status"), **_errors(404)},
+                }
+            },
+            f"{_BASE}.txt": {
+                "get": {
+                    "summary": "The event stream (Server-Sent Events)",
+                    "parameters": [
+                        *_PATH_PARAMS,
+                        {"name": "Last-Event-ID", "in": "header", "schema": {"type": "string"}},
+                        {"name": "token", "in": "query", "schema": {"type": "string"}},
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "the stream",
+                            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                        },
+                        "204": {"description": "the reader already has the whole stream"},
+                        **_errors(404),
+                    },
+                }
+            },
+            f"{_BASE}/stop": {
+                op: {
+                    "summary": "Stop the request",
+                    "parameters": _PATH_PARAMS,
+                    "responses": {
+                        "200": _json(_STOPPED, "stopped (or already ended)"),
+                        **_errors(404),
+                    },
+                }
+                for op in ("get", "post")
+            },
+            "/healthz": {
+                "get": {
+                    "summary": "Liveness",
+                    "responses": {
+                        "200": _json({"type": "object"}, "serving"),
+                        "503": _json({"type": "object"}, "shutting down"),
+                    },
+                }
+            },
+        },
+    }

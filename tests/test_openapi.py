@@ -1,0 +1,72 @@
+"""The published OpenAPI document, fuzzed against a real server with schemathesis:
+no 5xx, no traceback, every answer as documented, no files from rejected requests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import schemathesis
+from schemathesis import checks
+from hypothesis import HealthCheck, settings
+
+from conftest import files_under, free_port
+
+
+def _conversations(data: Path) -> set[str]:
+    """Conversations on disk (a status file being replaced leaves a transient temp file)."""
+    return {p.stem for p in files_under(data) if not p.name.startswith(".")}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    data = tmp_path_factory.mktemp("openapi") / "data"
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "offloadd", "serve", "--data", str(data), "--port", str(port),
+         "--upstream-url", "mock", "--no-auth", "--log-level", "WARNING", "--max-body", "65536"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert b"listening" in proc.stdout.readline()
+    yield f"http://127.0.0.1:{port}", data
+    proc.send_signal(signal.SIGTERM)
+    output = proc.communicate(timeout=30)[0]
+    assert b"Traceback" not in output, output.decode()
+
+
+@pytest.fixture(scope="module")
+def api_schema(server):
+    base, _ = server
+    return schemathesis.openapi.from_url(f"{base}/openapi.json", wait_for_schema=10)
+
+
+schema = schemathesis.pytest.from_fixture("api_schema")
+
+
+@schema.parametrize()
+@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+def test_api_matches_its_description(case, server):
+    _, data = server
+    before = _conversations(data)
+    # A schema cannot say "a string holding a JSON list of messages" or "the URL of a
+    # finished conversation", so valid-looking requests may rightly be refused.
+    response = case.call_and_validate(excluded_checks=[checks.positive_data_acceptance])
+    assert response.status_code < 500
+    assert b"Traceback" not in response.content
+    if response.status_code >= 400:
+        assert _conversations(data) == before, "a rejected request left files"
+
+
+def test_the_document_is_served(server):
+    import json
+    import urllib.request
+
+    base, _ = server
+    with urllib.request.urlopen(f"{base}/openapi.json") as resp:
+        doc = json.load(resp)
+    assert doc["openapi"].startswith("3.1")
+    assert "/v1/stream-chatgpt" in doc["paths"]
