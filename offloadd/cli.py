@@ -101,6 +101,13 @@ def main() -> None:
     help="Remove finished conversations older than this (30d, 12h…), checked hourly.",
 )
 @click.option(
+    "--keepalive",
+    default=15.0,
+    show_default=True,
+    envvar="OFFLOADD_KEEPALIVE",
+    help="Seconds between `: keep-alive` comments on idle streams.",
+)
+@click.option(
     "--workers",
     default=1,
     show_default=True,
@@ -185,6 +192,7 @@ def serve(**options) -> None:
         create_cors_origins=_origins(options["create_cors_origins"]),
         grace_seconds=options["grace"],
         workers=options["workers"],
+        keepalive_seconds=options["keepalive"],
         retention_seconds=options["retention"],
         fd=options["fd"],
         unix=options["unix"],

@@ -21,7 +21,7 @@ import orjson
 from offloadd.assemble import Completion
 from offloadd.config import Config
 from offloadd.registry import Registry
-from offloadd.sse import DONE, encode_event, parse_all
+from offloadd.sse import DONE, closing, encode_event, parse_all
 from offloadd.status import TERMINAL, public_view, set_status
 from offloadd.store import Location, StorageError, Store, append
 from offloadd.upstream import Call, Upstream, UpstreamError
@@ -280,12 +280,6 @@ class Runner:
             os.close(fd)
             if self.registry:
                 self.registry.release(loc)
-
-
-def closing(last_id: int, final: dict) -> bytes:
-    """The two events every stream ends with."""
-    tail = encode_event(last_id + 1, orjson.dumps(final), "status")
-    return tail + encode_event(last_id + 2, DONE)
 
 
 def finalize(

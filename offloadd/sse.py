@@ -10,6 +10,8 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import orjson
+
 DONE = b"[DONE]"
 KEEPALIVE = b": keep-alive\n\n"
 _LINE = re.compile(rb"\r\n|\r|\n")
@@ -29,6 +31,12 @@ def encode_event(event_id: int, data: bytes, event: str | None = None) -> bytes:
         parts.append(b"data: %s\n" % line)
     parts.append(b"\n")
     return b"".join(parts)
+
+
+def closing(last_id: int, final: dict) -> bytes:
+    """The two events every stream ends with: its final status, then `[DONE]`."""
+    status = encode_event(last_id + 1, orjson.dumps(final), "status")
+    return status + encode_event(last_id + 2, DONE)
 
 
 @dataclass

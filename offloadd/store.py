@@ -7,6 +7,7 @@ either the old or the new document and a prefix of the stream.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -109,18 +110,28 @@ class Store:
         return self.json_path(loc).is_file()
 
     def remove(self, loc: Location) -> None:
+        """Remove both files, as far as the disk lets us (this runs when a write failed)."""
         for path in (self.txt_path(loc), self.json_path(loc)):
-            path.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                path.unlink()
 
     def disk_free(self) -> int:
         return shutil.disk_usage(self.root).free
 
 
 def append(fd: int, data: bytes) -> None:
-    """Append one whole record to a stream file (a single write, so readers rarely see half)."""
+    """Append whole records to a stream file, or nothing: a write the disk cut short is
+    undone, so the file always ends at a record boundary."""
+    start = None
     try:
         view = memoryview(data)
         while view:
-            view = view[os.write(fd, view) :]
+            written = os.write(fd, view)
+            if start is None and written < len(view):
+                start = os.fstat(fd).st_size - written
+            view = view[written:]
     except OSError as e:
+        if start is not None:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, start)
         raise StorageError(f"cannot append to the stream file: {e.strerror or e}") from e

@@ -17,9 +17,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import aiofiles
+import orjson
 from aiohttp import web
 
-from offloadd.sse import KEEPALIVE
+from offloadd.sse import KEEPALIVE, closing
+from offloadd.status import TERMINAL
 
 END = b"data: [DONE]\n\n"
 WINDOW = 256 * 1024  # bytes of a file held in memory for readers that keep up
@@ -152,8 +154,31 @@ class Hub:
                     return
                 else:
                     done, _ = await asyncio.wait({tail.changed()}, timeout=self.keepalive)
-                    if not done:
-                        await write(KEEPALIVE)
+                    if done:
+                        continue
+                    tail.poll()
+                    if pos < tail.size or tail.done:
+                        continue
+                    if end := await _abandoned_end(path):
+                        await write(end)  # the writer ended it but could not write its end
+                        return
+                    await write(KEEPALIVE)
+
+
+async def _abandoned_end(path: Path) -> bytes | None:
+    """The end of a stream whose status file is final but whose stream file never got its
+    last two events (a full disk, say): readers still learn it is over, and why."""
+    try:
+        async with aiofiles.open(path.with_suffix(".json"), "rb") as f:
+            doc = orjson.loads(await f.read())
+    except (OSError, orjson.JSONDecodeError):
+        return None
+    if doc.get("status") not in TERMINAL:
+        return None
+    final = {"status": doc["status"]}
+    if doc.get("error"):
+        final["error"] = doc["error"]
+    return closing(max(0, int(doc.get("events") or 2) - 2), final)
 
 
 async def _read(path: Path, pos: int, size: int) -> bytes:

@@ -173,8 +173,11 @@ class Daemon:
             stderr=asyncio.subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
-        line = await asyncio.wait_for(self.proc.stdout.readline(), 30)
-        assert self.ready in line, line
+        async with asyncio.timeout(30):
+            while self.ready not in (line := await self.proc.stdout.readline()):
+                assert line, self.output.decode()
+                self.output += line
+        self.output += line
         self._drain = asyncio.create_task(self._read_output())
         return self
 

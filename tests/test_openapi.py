@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 import schemathesis
-from schemathesis import checks
 from hypothesis import HealthCheck, settings
+from schemathesis import checks
 
 from conftest import files_under, free_port
 
@@ -27,9 +27,26 @@ def server(tmp_path_factory):
     data = tmp_path_factory.mktemp("openapi") / "data"
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "offloadd", "serve", "--data", str(data), "--port", str(port),
-         "--upstream-url", "mock", "--no-auth", "--log-level", "WARNING", "--max-body", "65536"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        [
+            sys.executable,
+            "-m",
+            "offloadd",
+            "serve",
+            "--data",
+            str(data),
+            "--port",
+            str(port),
+            "--upstream-url",
+            "mock",
+            "--no-auth",
+            "--log-level",
+            "WARNING",
+            "--max-body",
+            "65536",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     assert b"listening" in proc.stdout.readline()
     yield f"http://127.0.0.1:{port}", data

@@ -1,0 +1,64 @@
+"""SSE encoding and parsing, by property: any chunk text round-trips, ids stay contiguous,
+and a stream cut anywhere resumes exactly."""
+
+from __future__ import annotations
+
+import asyncio
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from offloadd.sse import DONE, encode_event, parse_all, retry_record
+from offloadd.stream import resume_offset
+
+# SSE cannot carry a lone "\r" (it is a line break on the wire); JSON chunks never hold one.
+TEXT = st.text(st.characters(blacklist_characters="\r", blacklist_categories=("Cs",)))
+DATA = TEXT.map(str.encode)
+NAMES = st.one_of(st.none(), st.sampled_from(["usage", "status"]))
+
+
+def _stream(chunks: list[bytes], names: list) -> bytes:
+    out = retry_record(3000)
+    for i, (data, name) in enumerate(zip(chunks, names, strict=False), start=1):
+        out += encode_event(i, data, name)
+    return out + encode_event(len(chunks) + 1, DONE)
+
+
+class TestRoundTrip:
+    @given(DATA, NAMES)
+    def test_any_chunk_text_round_trips(self, data, name):
+        [event] = parse_all(encode_event(7, data, name))
+        assert event.data == data
+        assert event.event == name
+        assert event.id == "7"
+
+    @given(st.lists(DATA, max_size=20), st.data())
+    def test_ids_stay_contiguous_however_the_bytes_are_split(self, chunks, draw):
+        names = draw.draw(st.lists(NAMES, min_size=len(chunks), max_size=len(chunks)))
+        raw = _stream(chunks, names)
+        cuts = sorted(draw.draw(st.lists(st.integers(0, len(raw)), max_size=8)))
+        from offloadd.sse import SSEParser
+
+        parser, events, last = SSEParser(), [], 0
+        for cut in [*cuts, len(raw)]:
+            events += parser.feed(raw[last:cut])
+            last = cut
+        events = [e for e in events if e.id]
+        assert [int(e.id) for e in events] == list(range(1, len(chunks) + 2))
+        assert [e.data for e in events[:-1]] == chunks
+        assert events[-1].data == DONE
+
+
+class TestResumeOffset:
+    @settings(max_examples=50, deadline=None)
+    @given(st.lists(DATA, min_size=1, max_size=15), st.data())
+    def test_resume_after_any_id_gives_exactly_the_rest(self, tmp_path_factory, chunks, draw):
+        raw = _stream(chunks, [None] * len(chunks))
+        path = tmp_path_factory.mktemp("sse") / "s.txt"
+        path.write_bytes(raw)
+        last = draw.draw(st.integers(0, len(chunks) + 1))
+        offset, ended, highest = asyncio.run(resume_offset(path, last))
+        rest = [e for e in parse_all(raw[offset:]) if e.id]
+        assert [int(e.id) for e in rest] == list(range(last + 1, len(chunks) + 2))
+        assert ended == (last == len(chunks) + 1)
+        assert highest >= min(last, len(chunks) + 1)
