@@ -101,6 +101,12 @@ def main() -> None:
     help="Remove finished conversations older than this (30d, 12h…), checked hourly.",
 )
 @click.option(
+    "--accel-redirect",
+    envvar="OFFLOADD_ACCEL_REDIRECT",
+    help="Behind nginx: hand finished public files to this internal location "
+    "(e.g. /_offloadd_files/) with X-Accel-Redirect.",
+)
+@click.option(
     "--keepalive",
     default=15.0,
     show_default=True,
@@ -193,6 +199,7 @@ def serve(**options) -> None:
         grace_seconds=options["grace"],
         workers=options["workers"],
         keepalive_seconds=options["keepalive"],
+        accel_redirect=options["accel_redirect"],
         retention_seconds=options["retention"],
         fd=options["fd"],
         unix=options["unix"],

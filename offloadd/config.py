@@ -29,6 +29,9 @@ class Config:
     default_connect_timeout: float = 5.0
     max_connect_timeout: float = 10.0
     max_body_bytes: int = 1024 * 1024
+    # Behind nginx: finished public files are handed to it with X-Accel-Redirect to this
+    # internal location prefix (None: offloadd sends them itself).
+    accel_redirect: str | None = None
     # Streams.
     retry_ms: int = 3000
     keepalive_seconds: float = 15.0

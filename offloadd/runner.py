@@ -20,6 +20,7 @@ import orjson
 
 from offloadd.assemble import Completion
 from offloadd.config import Config
+from offloadd.metrics import Metrics
 from offloadd.registry import Registry
 from offloadd.sse import DONE, closing, encode_event, parse_all
 from offloadd.status import TERMINAL, public_view, set_status
@@ -56,9 +57,12 @@ class Runner:
         on_append: Callable[[Path], None] = lambda path: None,
         webhooks: Webhooks | None = None,
         registry: Registry | None = None,
+        metrics: Metrics | None = None,
     ):
         self.store, self.upstream, self.config = store, upstream, config
         self.on_append, self.webhooks, self.registry = on_append, webhooks, registry
+        self.metrics = metrics or Metrics()
+        self.metrics.running = lambda: len(self.runs)
         self.runs: dict[str, Run] = {}
         self.deliveries: set[asyncio.Task] = set()
         self.closing = False
@@ -223,6 +227,7 @@ class Runner:
         now = time.monotonic()
         if doc["status"] == "waiting":
             set_status(doc, "streaming")
+            self.metrics.first_token(time.time() - doc["request"]["processed_at"])
         elif now - run.flushed_at < self.config.status_flush_seconds:
             return
         run.flushed_at = now
@@ -233,6 +238,9 @@ class Runner:
         always finds the final document."""
         if run.doc["status"] in TERMINAL:
             return
+        self.metrics.finished[run.doc["request"]["endpoint"], status] += 1
+        if error and error["code"].startswith("upstream_"):
+            self.metrics.upstream_errors[error["code"]] += 1
         tail = finalize(run.doc, run.completion, run.event_id, status, error)
         self._write_end(run.loc, run.doc, tail, run.fd)
 

@@ -20,6 +20,7 @@ import aiofiles
 import orjson
 from aiohttp import web
 
+from offloadd.metrics import Metrics
 from offloadd.sse import KEEPALIVE, closing
 from offloadd.status import TERMINAL
 
@@ -97,8 +98,9 @@ class Tail:
 class Hub:
     """All tails of this process and the one loop that polls them."""
 
-    def __init__(self, interval: float, keepalive: float):
+    def __init__(self, interval: float, keepalive: float, metrics: Metrics | None = None):
         self.interval, self.keepalive = interval, keepalive
+        self.metrics = metrics or Metrics()
         self.tails: dict[Path, Tail] = {}
         self._dirty: set[Path] = set()
         self._wake: asyncio.Future | None = None
@@ -141,6 +143,14 @@ class Hub:
 
     async def pump(self, path: Path, pos: int, write: Callable[[bytes], Awaitable]) -> None:
         """Send the file from byte `pos` on, then what is appended, until `[DONE]`."""
+        self.metrics.readers += 1
+        try:
+            await self._pump(path, pos, write)
+        finally:
+            self.metrics.readers -= 1
+
+    async def _pump(self, path: Path, pos: int, write: Callable[[bytes], Awaitable]) -> None:
+        metrics = self.metrics
         async with self.tail(path) as tail:
             while True:
                 if pos < tail.size:
@@ -150,6 +160,7 @@ class Hub:
                     for piece in pieces:
                         await write(piece)
                         pos += len(piece)
+                        metrics.delivered(piece)
                 elif tail.done:
                     return
                 else:
@@ -163,6 +174,13 @@ class Hub:
                         await write(end)  # the writer ended it but could not write its end
                         return
                     await write(KEEPALIVE)
+
+
+def finished(path: Path) -> bool:
+    """Whether a stream file holds its whole stream (ends with `[DONE]`)."""
+    with open(path, "rb") as f:
+        f.seek(max(0, os.fstat(f.fileno()).st_size - len(END)))
+        return f.read().endswith(END)
 
 
 async def _abandoned_end(path: Path) -> bytes | None:

@@ -28,6 +28,7 @@ from offloadd.errors import (
     UnsupportedMediaType,
 )
 from offloadd.keys import Charge, KeyStore, SQLiteKeys, load_plans
+from offloadd.metrics import Metrics
 from offloadd.mock import make_mock_app
 from offloadd.openapi import document
 from offloadd.registry import Registry
@@ -36,7 +37,7 @@ from offloadd.runner import Runner
 from offloadd.sse import retry_record
 from offloadd.status import TERMINAL, create_answer, new_document, public_view
 from offloadd.store import Location, StorageError, Store
-from offloadd.stream import Hub, respond
+from offloadd.stream import Hub, finished, respond
 from offloadd.upstream import Call, Upstream
 from offloadd.validate import parse_body
 from offloadd.webhooks import Webhooks, load_or_create_secret, shown_url
@@ -49,6 +50,8 @@ HUB = web.AppKey("hub", Hub)
 RUNNER = web.AppKey("runner", Runner)
 UPSTREAM_URL = web.AppKey("upstream_url", str)
 KEYS = web.AppKey("keys", KeyStore)
+METRICS = web.AppKey("metrics", Metrics)
+STATIC = "offloadd.static"  # a response that nginx completes from a file
 
 READ_PREFIXES = ("/1/r/", "/2/r/")
 READ_BASE = r"/{kind:[12]}/r/{scope:pub|priv}/{stamp:\d{4}/\d{2}/\d{2}/\d{2}/\d{2}/\d{2}}"
@@ -67,6 +70,7 @@ def make_app(config: Config) -> web.Application:
     )
     app[CONFIG] = config
     app[STORE] = Store(config.data)
+    app[METRICS] = Metrics()
     if config.auth:
         app.cleanup_ctx.append(_keys_ctx)
     app.cleanup_ctx.append(_upstream_ctx)
@@ -75,6 +79,7 @@ def make_app(config: Config) -> web.Application:
     app.router.add_get("/", index)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/openapi.json", openapi)
+    app.router.add_get("/metrics", metrics)
     app.router.add_post("/v1/stream-chatgpt", create)
     app.router.add_post("/v1/async-chatgpt", create)
     app.router.add_get(f"{READ_BASE}/{UUID}.json", status)
@@ -130,6 +135,7 @@ async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
             config,
             webhooks=webhooks,
             registry=Registry(config.data, config.owner_stale_seconds),
+            metrics=app[METRICS],
         )
         yield
     if mock_runner:
@@ -139,7 +145,7 @@ async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
 async def _runner_ctx(app: web.Application) -> AsyncIterator[None]:
     """The poll loop that follows files for readers, wired to the runner's writes."""
     config = app[CONFIG]
-    hub = app[HUB] = Hub(config.poll_interval, config.keepalive_seconds)
+    hub = app[HUB] = Hub(config.poll_interval, config.keepalive_seconds, app[METRICS])
     app[RUNNER].on_append = hub.poke
     tasks = [
         asyncio.create_task(hub.run(), name="offloadd-hub"),
@@ -242,7 +248,7 @@ def cors_headers(request: web.Request) -> dict:
 @web.middleware
 async def cors_middleware(request: web.Request, handler) -> web.StreamResponse:
     response = await handler(request)
-    if not response.prepared:
+    if not response.prepared and not response.get(STATIC):
         response.headers.update(cors_headers(request))
     return response
 
@@ -320,6 +326,20 @@ def _check_json(request: web.Request) -> None:
 
 async def create(request: web.Request) -> web.Response:
     """Store the request, start its upstream call in a task, answer with its URLs at once."""
+    counted = request.app[METRICS].created
+    try:
+        response = await _create(request)
+    except ApiError as e:
+        counted[request.path, e.code] += 1
+        raise
+    except StorageError:
+        counted[request.path, "storage_unavailable"] += 1
+        raise
+    counted[request.path, "accepted"] += 1
+    return response
+
+
+async def _create(request: web.Request) -> web.Response:
     config, runner = request.app[CONFIG], request.app[RUNNER]
     if runner.closing:
         raise Unavailable("the server is shutting down", code="shutting_down")
@@ -426,8 +446,21 @@ def conversation(request: web.Request, query_token: bool = False) -> tuple[Locat
     return loc, doc
 
 
+def accel(request: web.Request, loc: Location, suffix: str) -> web.Response | None:
+    """Hand a finished public file to nginx, which sends it as a static file."""
+    prefix = request.app[CONFIG].accel_redirect
+    if not prefix or loc.scope != "pub":
+        return None
+    response = web.Response(headers={"X-Accel-Redirect": f"{prefix.rstrip('/')}/{loc.rel}{suffix}"})
+    response[STATIC] = True  # nginx's location adds the CORS headers
+    return response
+
+
 async def status(request: web.Request) -> web.Response:
-    _, doc = conversation(request)
+    loc, doc = conversation(request)
+    if doc["status"] in TERMINAL and loc.uuid not in request.app[RUNNER].runs:
+        if response := accel(request, loc, ".json"):
+            return response
     return web.json_response(public_view(doc), dumps=_dumps)
 
 
@@ -441,9 +474,11 @@ def last_event_id(request: web.Request) -> int | None:
 async def events(request: web.Request) -> web.StreamResponse:
     loc, _ = conversation(request, query_token=True)
     path = request.app[STORE].txt_path(loc)
-    return await respond(
-        request, request.app[HUB], path, last_event_id(request), cors_headers(request)
-    )
+    resume = last_event_id(request)
+    if resume is None and request.app[CONFIG].accel_redirect and finished(path):
+        if response := accel(request, loc, ".txt"):
+            return response
+    return await respond(request, request.app[HUB], path, resume, cors_headers(request))
 
 
 async def stop(request: web.Request) -> web.Response:
@@ -470,6 +505,16 @@ async def index(request: web.Request) -> web.Response:
             "create": ["POST /v1/stream-chatgpt", "POST /v1/async-chatgpt"],
             "upstream": "mock" if request.app[CONFIG].uses_mock else request.app[UPSTREAM_URL],
         }
+    )
+
+
+async def metrics(request: web.Request) -> web.Response:
+    text = request.app[METRICS].render()
+    return web.Response(
+        text=text,
+        content_type="text/plain",
+        charset="utf-8",
+        headers={"X-Content-Type-Options": "nosniff"},
     )
 
 

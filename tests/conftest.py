@@ -226,3 +226,25 @@ async def http():
 
     async with aiohttp.ClientSession() as session:
         yield session
+
+
+def ensure_debian_package(package: str, binary: str) -> str:
+    """The path of `binary`, installing the Debian package that has it when missing."""
+    import os
+    import shutil
+    import subprocess
+
+    found = shutil.which(binary) or shutil.which(binary, path="/usr/sbin:/usr/bin")
+    if found:
+        return found
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env, capture_output=True)
+    subprocess.run(
+        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", package],
+        check=True,
+        env=env,
+        capture_output=True,
+    )
+    found = shutil.which(binary) or shutil.which(binary, path="/usr/sbin:/usr/bin")
+    assert found, f"installing {package} gave no {binary}"
+    return found

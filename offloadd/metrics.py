@@ -1,0 +1,85 @@
+"""Prometheus metrics, written by hand: a few counters, two gauges, one histogram.
+
+The text format is a dozen lines of code; a client library would add a
+dependency and a global registry, which an app factory should not have.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+
+TTFT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.created: Counter[tuple[str, str]] = Counter()  # (endpoint, outcome)
+        self.finished: Counter[tuple[str, str]] = Counter()  # (endpoint, status)
+        self.upstream_errors: Counter[str] = Counter()
+        self.readers = 0
+        self.bytes_delivered = 0
+        self.events_delivered = 0
+        self.ttft_counts = [0] * (len(TTFT_BUCKETS) + 1)
+        self.ttft_sum = 0.0
+        self.running: Callable[[], int] = lambda: 0
+
+    def first_token(self, seconds: float) -> None:
+        self.ttft_sum += seconds
+        for i, bound in enumerate(TTFT_BUCKETS):
+            if seconds <= bound:
+                self.ttft_counts[i] += 1
+                return
+        self.ttft_counts[-1] += 1
+
+    def delivered(self, piece: bytes) -> None:
+        self.bytes_delivered += len(piece)
+        self.events_delivered += piece.count(b"\n\n")
+
+    def render(self) -> str:
+        lines: list[str] = []
+
+        def family(name: str, kind: str, text: str) -> None:
+            lines.extend((f"# HELP {name} {text}", f"# TYPE {name} {kind}"))
+
+        family(
+            "offloadd_requests_created_total",
+            "counter",
+            "Create requests by endpoint and outcome (accepted or an error code).",
+        )
+        for (endpoint, outcome), n in sorted(self.created.items()):
+            lines.append(
+                f'offloadd_requests_created_total{{endpoint="{endpoint}",outcome="{outcome}"}} {n}'
+            )
+        family(
+            "offloadd_requests_finished_total",
+            "counter",
+            "Requests run by this daemon, by endpoint and final status.",
+        )
+        for (endpoint, status), n in sorted(self.finished.items()):
+            lines.append(
+                f'offloadd_requests_finished_total{{endpoint="{endpoint}",status="{status}"}} {n}'
+            )
+        family("offloadd_running_requests", "gauge", "Requests whose upstream call runs here.")
+        lines.append(f"offloadd_running_requests {self.running()}")
+        family("offloadd_connected_readers", "gauge", "Open event-stream connections.")
+        lines.append(f"offloadd_connected_readers {self.readers}")
+        family("offloadd_delivered_bytes_total", "counter", "Event-stream bytes sent to readers.")
+        lines.append(f"offloadd_delivered_bytes_total {self.bytes_delivered}")
+        family("offloadd_delivered_events_total", "counter", "Events sent to readers.")
+        lines.append(f"offloadd_delivered_events_total {self.events_delivered}")
+        family("offloadd_upstream_errors_total", "counter", "Upstream failures by kind.")
+        for code, n in sorted(self.upstream_errors.items()):
+            lines.append(f'offloadd_upstream_errors_total{{code="{code}"}} {n}')
+        family(
+            "offloadd_upstream_ttft_seconds",
+            "histogram",
+            "Time from the upstream call's start to its first chunk.",
+        )
+        cumulative = 0
+        for bound, n in zip((*TTFT_BUCKETS, "+Inf"), self.ttft_counts, strict=True):
+            cumulative += n
+            lines.append(f'offloadd_upstream_ttft_seconds_bucket{{le="{bound}"}} {cumulative}')
+        lines.append(f"offloadd_upstream_ttft_seconds_sum {self.ttft_sum:.6f}")
+        lines.append(f"offloadd_upstream_ttft_seconds_count {cumulative}")
+        return "\n".join(lines) + "\n"
