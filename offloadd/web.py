@@ -8,6 +8,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from pathlib import Path
 
 import aiohttp
 import orjson
@@ -54,6 +55,7 @@ METRICS = web.AppKey("metrics", Metrics)
 STATIC = "offloadd.static"  # a response that nginx completes from a file
 
 READ_PREFIXES = ("/1/r/", "/2/r/")
+STATIC_DIR = Path(__file__).parent / "static"
 READ_BASE = r"/{kind:[12]}/r/{scope:pub|priv}/{stamp:\d{4}/\d{2}/\d{2}/\d{2}/\d{2}/\d{2}}"
 UUID = r"{uuid:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}}"
 MOCK_KEY = "offloadd-mock-key"
@@ -76,7 +78,9 @@ def make_app(config: Config) -> web.Application:
     app.cleanup_ctx.append(_upstream_ctx)
     app.cleanup_ctx.append(_runner_ctx)
     app.on_shutdown.append(_shutdown)
-    app.router.add_get("/", index)
+    app.router.add_get("/", page)
+    app.router.add_static("/static/", STATIC_DIR, append_version=False)
+    app.router.add_get("/v1/info", info)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/openapi.json", openapi)
     app.router.add_get("/metrics", metrics)
@@ -497,15 +501,23 @@ async def stop(request: web.Request) -> web.Response:
 # --- the rest -------------------------------------------------------------------------
 
 
-async def index(request: web.Request) -> web.Response:
-    return web.json_response(
-        {
-            "name": "offloadd",
-            "version": __version__,
-            "create": ["POST /v1/stream-chatgpt", "POST /v1/async-chatgpt"],
-            "upstream": "mock" if request.app[CONFIG].uses_mock else request.app[UPSTREAM_URL],
-        }
-    )
+async def page(request: web.Request) -> web.FileResponse:
+    """The chat page: try the service in a browser."""
+    return web.FileResponse(STATIC_DIR / "index.html")
+
+
+async def info(request: web.Request) -> web.Response:
+    """What a client needs to know before its first request."""
+    config = request.app[CONFIG]
+    body = {
+        "name": "offloadd",
+        "version": __version__,
+        "auth": config.auth,
+        "default_model": config.default_model,
+        "upstream": "mock" if config.uses_mock else request.app[UPSTREAM_URL],
+        "create": ["POST /v1/stream-chatgpt", "POST /v1/async-chatgpt"],
+    }
+    return web.json_response(body)
 
 
 async def metrics(request: web.Request) -> web.Response:

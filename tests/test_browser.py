@@ -1,0 +1,140 @@
+"""The page at `/`, driven in a real headless Chromium (Debian's) by Playwright."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from conftest import ensure_debian_package
+
+playwright_api = pytest.importorskip("playwright.async_api")
+
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture
+async def browser():
+    executable = ensure_debian_package("chromium", "chromium")
+    async with playwright_api.async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        yield browser
+        await browser.close()
+
+
+@pytest.fixture
+async def page(browser, make_client):
+    client = await make_client(upstream_key="sk-server-own-key")  # the page sends no key
+    page = await browser.new_page(viewport={"width": 900, "height": 900})
+    await page.goto(str(client.make_url("/")))
+    yield page
+    await page.close()
+
+
+async def _status(page) -> str:
+    return await page.text_content("#status")
+
+
+async def _send(page, message: str, model: str) -> None:
+    await page.fill("#message", message)
+    await page.fill("#model", model)
+    await page.click("#send")
+
+
+class TestPage:
+    async def test_tokens_appear_one_after_another_then_done(self, page, tmp_path):
+        words = "one two three four five six seven eight"
+        await page.fill("#system", "Answer briefly.")
+        await _send(page, words, "mock?delay_ms=150")
+        seen: list[str] = []
+        async with asyncio.timeout(20):
+            while await _status(page) != "done":
+                text = await page.evaluate(
+                    "document.querySelector('.msg.assistant .text')?.textContent ?? ''"
+                )
+                if text and (not seen or text != seen[-1]):
+                    seen.append(text)
+                await asyncio.sleep(0.03)
+        final = await page.text_content(".msg.assistant .text")
+        assert final == words
+        partial = [t for t in seen if t != words]
+        assert len(partial) >= 3, seen  # the answer grew in steps, before `done`
+        assert all(words.startswith(t) for t in partial)
+        assert not await page.is_visible("#api-key-label")  # this server runs without auth
+        urls = await page.eval_on_selector_all("#urls dd", "els => els.map(e => e.textContent)")
+        assert any(u.endswith(".txt") for u in urls) and any(u.endswith("/stop") for u in urls)
+        await page.click("#urls-box summary")
+        shot = tmp_path / "page.png"
+        await page.screenshot(path=str(shot), full_page=True)
+        if target := os.environ.get("OFFLOADD_SCREENSHOT"):
+            shutil.copy(shot, target)
+        assert shot.stat().st_size > 10_000
+
+    async def test_stop_button_stops_a_long_answer(self, page, api):
+        await _send(page, "go on", "mock?tokens=3000&delay_ms=20")
+        async with asyncio.timeout(10):
+            while await _status(page) != "streaming":
+                await asyncio.sleep(0.05)
+        await page.click("#stop")
+        async with asyncio.timeout(10):
+            while await _status(page) != "stopped":
+                await asyncio.sleep(0.05)
+        [seen] = await api.upstream_requests()
+        assert seen["client_closed"] is True
+
+    async def test_no_request_hits_the_stream_after_done(self, page):
+        stream_requests: list[str] = []
+        page.on("request", lambda r: stream_requests.append(r.url) if ".txt" in r.url else None)
+        await _send(page, "short answer", "mock?tokens=3")
+        async with asyncio.timeout(10):
+            while await _status(page) != "done":
+                await asyncio.sleep(0.05)
+        await asyncio.sleep(4)  # longer than the stream's `retry: 3000`
+        assert len(stream_requests) == 1, stream_requests
+
+    async def test_continuing_sends_from_status_url(self, page, api):
+        await _send(page, "first turn", "mock?tokens=2")
+        async with asyncio.timeout(10):
+            while await _status(page) != "done":
+                await asyncio.sleep(0.05)
+        await _send(page, "second turn", "mock")
+        async with asyncio.timeout(10):
+            while await _status(page) != "done":
+                await asyncio.sleep(0.05)
+        first, second = await api.upstream_requests()
+        assert [m["content"] for m in second["body"]["messages"]] == [
+            "first turn",
+            "t0 t1",
+            "second turn",
+        ]
+
+    async def test_private_request_and_reload_resumes_watching(self, page):
+        await page.select_option("#access", "private")
+        await _send(page, "alpha beta gamma delta", "mock?delay_ms=100")
+        async with asyncio.timeout(10):
+            while await _status(page) != "done":
+                await asyncio.sleep(0.05)
+        assert "watch=" in page.url and "token=" in page.url
+        await page.reload()
+        async with asyncio.timeout(10):
+            while await _status(page) != "done":
+                await asyncio.sleep(0.05)
+        assert await page.text_content(".msg.assistant .text") == "alpha beta gamma delta"
+
+
+def test_screenshot_is_in_the_readme():
+    root = Path(__file__).resolve().parent.parent
+    assert "docs/screenshot.png" in (root / "README.md").read_text()
+    assert (root / "docs" / "screenshot.png").stat().st_size > 10_000
