@@ -1,0 +1,133 @@
+"""The terminal client against a running server: `ask`, Ctrl-C, and `follow` with resume."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+
+async def _run(*args: str, env: dict | None = None) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "offloadd",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+    )
+
+
+class TestAsk:
+    async def test_prints_the_answer_then_a_status_line(self, spawn, tmp_path):
+        daemon = await spawn(
+            "serve", "--data", str(tmp_path / "data"), "--upstream-url", "mock", "--no-auth"
+        )
+        proc = await _run(
+            "ask", "hello from the terminal", "--server", daemon.url, "--system", "be kind"
+        )
+        out, err = await asyncio.wait_for(proc.communicate(), 30)
+        assert proc.returncode == 0, err
+        text = out.decode()
+        assert text.startswith("hello from the terminal\n[done · 4 tokens · ")
+        assert "\033[" not in text  # not a terminal: plain text
+
+    async def test_ctrl_c_stops_the_request_on_the_server(self, spawn, tmp_path, http):
+        mock = await spawn("mock-upstream", ready=b"mock upstream listening")
+        data = tmp_path / "data"
+        daemon = await spawn(
+            "serve",
+            "--data",
+            str(data),
+            "--no-auth",
+            "--upstream-url",
+            f"{mock.url}/v1",
+            "--upstream-key",
+            "sk-own",
+        )
+        proc = await _run(
+            "ask", "count", "--server", daemon.url, "--model", "mock?tokens=3000&delay_ms=20"
+        )
+        first = b""
+        async with asyncio.timeout(20):
+            while b" t3" not in first:
+                first += await proc.stdout.read(64)
+        assert first.startswith(b"t0 t1 t2 t3")
+        proc.send_signal(signal.SIGINT)
+        rest, err = await asyncio.wait_for(proc.communicate(), 30)
+        assert proc.returncode == 130, err
+        assert b"[stopped \xc2\xb7 " in rest
+        [status_file] = list(data.rglob("*.json"))
+        assert orjson.loads(status_file.read_bytes())["status"] == "stopped"
+        async with http.get(f"{mock.url}/_mock/requests") as resp:
+            [seen] = (await resp.json())["requests"]
+        assert seen["client_closed"] is True
+
+    async def test_errors_are_reported_and_exit_1(self, spawn, tmp_path):
+        daemon = await spawn("serve", "--data", str(tmp_path / "data"), "--upstream-url", "mock")
+        proc = await _run("ask", "hi", "--server", daemon.url)  # auth on, no key
+        _, err = await asyncio.wait_for(proc.communicate(), 30)
+        assert proc.returncode == 1
+        assert b"missing_api_key" in err
+
+
+class TestFollow:
+    async def test_follows_a_finished_stream(self, spawn, tmp_path, http):
+        daemon = await spawn(
+            "serve", "--data", str(tmp_path / "data"), "--upstream-url", "mock", "--no-auth"
+        )
+        body = {"messages": [{"role": "user", "content": "already finished"}]}
+        async with http.post(f"{daemon.url}/v1/stream-chatgpt", json=body) as resp:
+            url = (await resp.json())["endpoints"]["stream_events_url"]
+        async with http.get(url) as resp:
+            await resp.read()
+        proc = await _run("follow", url)
+        out, _ = await asyncio.wait_for(proc.communicate(), 30)
+        assert proc.returncode == 0
+        assert out.decode().startswith("already finished\n[done")
+
+    async def test_resumes_after_a_dropped_connection(self, spawn, tmp_path, http, aiohttp_server):
+        daemon = await spawn(
+            "serve", "--data", str(tmp_path / "data"), "--upstream-url", "mock", "--no-auth"
+        )
+        body = {
+            "messages": [{"role": "user", "content": "x"}],
+            "model": "mock?tokens=40&delay_ms=20",
+        }
+        async with http.post(f"{daemon.url}/v1/stream-chatgpt", json=body) as resp:
+            url = (await resp.json())["endpoints"]["stream_events_url"]
+        seen_ids: list[str | None] = []
+
+        async def flaky(request: web.Request) -> web.StreamResponse:
+            """A proxy that cuts the first connection after 700 bytes."""
+            seen_ids.append(request.headers.get("Last-Event-ID"))
+            headers = {k: v for k, v in request.headers.items() if k == "Last-Event-ID"}
+            async with aiohttp.ClientSession() as s, s.get(url, headers=headers) as upstream:
+                response = web.StreamResponse(
+                    status=upstream.status, headers={"Content-Type": "text/event-stream"}
+                )
+                await response.prepare(request)
+                sent = 0
+                async for piece in upstream.content.iter_any():
+                    if len(seen_ids) == 1 and sent + len(piece) > 700:
+                        await response.write(piece[: 700 - sent])
+                        request.transport.close()
+                        return response
+                    await response.write(piece)
+                    sent += len(piece)
+                return response
+
+        app = web.Application()
+        app.router.add_get("/stream", flaky)
+        proxy = await aiohttp_server(app)
+        proc = await _run("follow", str(proxy.make_url("/stream")))
+        out, err = await asyncio.wait_for(proc.communicate(), 30)
+        assert proc.returncode == 0, err
+        assert out.decode().split("\n")[0] == " ".join(f"t{i}" for i in range(40))
+        assert seen_ids[0] is None and seen_ids[1] is not None and int(seen_ids[1]) >= 1
