@@ -57,6 +57,7 @@ class Behaviour:
     disconnect_after: int | None = None
     stall_after: int | None = None
     garbage_after: int | None = None
+    wait_ms: float = 0.0  # once, before the first chunk (lets benchmark readers connect first)
     retry_after: int = 1
 
     @classmethod
@@ -70,7 +71,7 @@ class Behaviour:
                 values[key] = value not in ("0", "false", "")
             elif key in cls.__dataclass_fields__:
                 with contextlib.suppress(ValueError):
-                    values[key] = float(value) if key == "delay_ms" else int(value)
+                    values[key] = float(value) if key in ("delay_ms", "wait_ms") else int(value)
         return cls(**values)
 
 
@@ -207,6 +208,8 @@ async def _stream(
         chunks.append(_chunk(cid, model, {}, "stop"))
     usage = {**_chunk(cid, model, {}), "choices": [], "usage": _usage(words)}
     chunks.append(usage)
+    if behaviour.wait_ms:
+        await asyncio.sleep(behaviour.wait_ms / 1000)
     for i, chunk in enumerate(chunks):
         if _fault(behaviour, entry.chunks_sent) == "disconnect":
             entry.client_closed = False
