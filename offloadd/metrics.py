@@ -32,10 +32,6 @@ class Metrics:
                 return
         self.ttft_counts[-1] += 1
 
-    def delivered(self, piece: bytes) -> None:
-        self.bytes_delivered += len(piece)
-        self.events_delivered += piece.count(b"\n\n")
-
     def render(self) -> str:
         lines: list[str] = []
 

@@ -46,6 +46,7 @@ class Run:
     cancel_reason: str = "stop"
     task: asyncio.Task | None = None
     webhook_url: str | None = None
+    path: Path | None = None  # of the `.txt`, for the readers' hub
 
 
 class Runner:
@@ -79,6 +80,7 @@ class Runner:
         """Run a request whose files exist; its create answer need not wait for the upstream."""
         run = Run(loc, doc, self.store.open_stream(loc), usage_added, timeout)
         run.webhook_url = webhook_url
+        run.path = self.store.txt_path(loc)
         if self.registry:
             self.registry.claim(loc)
         self.runs[loc.uuid] = run
@@ -88,6 +90,8 @@ class Runner:
         """The freshest document: from memory while this process runs it, else from disk."""
         run = self.runs.get(loc.uuid)
         if run is not None and run.loc == loc:
+            if run.event_id:  # the body is built here, not on every chunk
+                run.doc["response"]["body"] = run.completion.body()
             return run.doc
         return self.store.read_status(loc)
 
@@ -219,11 +223,10 @@ class Runner:
         usage_only = chunk.get("choices") == [] and chunk.get("usage") is not None
         name = "usage" if usage_only and run.usage_added else None
         append(run.fd, encode_event(run.event_id, raw, name))
-        self.on_append(self.store.txt_path(run.loc))
+        self.on_append(run.path)
         run.completion.add(chunk)
         doc = run.doc
         doc["events"] = run.event_id
-        doc["response"]["body"] = run.completion.body()
         now = time.monotonic()
         if doc["status"] == "waiting":
             set_status(doc, "streaming")
@@ -231,6 +234,7 @@ class Runner:
         elif now - run.flushed_at < self.config.status_flush_seconds:
             return
         run.flushed_at = now
+        doc["response"]["body"] = run.completion.body()
         self.store.write_status(run.loc, doc)
 
     def _finish(self, run: Run, status: str, error: dict | None = None) -> None:

@@ -35,6 +35,9 @@ SSE_HEADERS = {
 }
 
 
+IDLE = "idle"  # what a tail's waiters get when nothing was written for a keep-alive period
+
+
 class Tail:
     """The growing end of one file, shared by all readers of it in this process."""
 
@@ -43,12 +46,14 @@ class Tail:
         self.fd = os.open(path, os.O_RDONLY)
         self.size = os.fstat(self.fd).st_size
         self.start = self.size  # offset of the first byte held in `chunks`
-        self.chunks: deque[tuple[int, bytes]] = deque()
+        # (offset, bytes, events in them): the same objects go to every reader
+        self.chunks: deque[tuple[int, bytes, int]] = deque()
         self.held = 0
         self._last = os.pread(self.fd, len(END), max(0, self.size - len(END)))
         self.done = self._last.endswith(END)
         self.readers = 0
-        self._waiter: asyncio.Future | None = None
+        self.active_at = asyncio.get_running_loop().time()
+        self._waiters: list[asyncio.Future] = []
 
     def poll(self) -> None:
         """Read what the file gained since the last poll, if anything."""
@@ -59,40 +64,54 @@ class Tail:
             self._feed(data)
 
     def _feed(self, data: bytes) -> None:
-        self.chunks.append((self.size, data))
+        self.chunks.append((self.size, data, data.count(b"\n\n")))
         self.size += len(data)
         self.held += len(data)
         while self.held > WINDOW and len(self.chunks) > 1:
-            _, dropped = self.chunks.popleft()
+            dropped = self.chunks.popleft()[1]
             self.held -= len(dropped)
             self.start = self.chunks[0][0]
         self._last = (self._last + data)[-len(END) :]
         self.done = self._last.endswith(END)
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
-        self._waiter = None
+        self.wake(None)
 
-    def pieces(self, pos: int) -> list[bytes] | None:
-        """Bytes from `pos` on, as shared objects; None when `pos` is before the window."""
+    def wake(self, signal: str | None) -> None:
+        """Resume every reader waiting on this tail."""
+        self.active_at = asyncio.get_running_loop().time()
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(signal)
+
+    def pieces(self, pos: int) -> list[tuple[bytes, int]] | None:
+        """Bytes from `pos` on, as shared objects with their event counts; None when `pos`
+        is before the window. Scans from the end: a reader that keeps up needs the last."""
         if pos < self.start:
             return None
         out = []
-        for offset, data in self.chunks:
-            end = offset + len(data)
-            if end <= pos:
-                continue
-            out.append(data if offset >= pos else data[pos - offset :])
+        for offset, data, events in reversed(self.chunks):
+            if offset + len(data) <= pos:
+                break
+            if offset >= pos:
+                out.append((data, events))
+            else:
+                rest = data[pos - offset :]
+                out.append((rest, rest.count(b"\n\n")))
+                break
+        out.reverse()
         return out
 
     def changed(self) -> asyncio.Future:
-        if self._waiter is None:
-            self._waiter = asyncio.get_running_loop().create_future()
-        return self._waiter
+        """A future of this reader's own (cancelling it touches no other reader), resolved
+        when the file grows or stays idle for a keep-alive period."""
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        return waiter
 
     def close(self) -> None:
         os.close(self.fd)
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.cancel()
+        for waiter in self._waiters:
+            waiter.cancel()
 
 
 class Hub:
@@ -113,7 +132,8 @@ class Hub:
                 self._wake.set_result(None)
 
     async def run(self) -> None:
-        """Poll: the poked files at once, every followed file each interval."""
+        """Poll: the poked files at once; every followed file each interval, when idle ones
+        also get their keep-alive."""
         loop = asyncio.get_running_loop()
         while True:
             self._wake = loop.create_future()
@@ -121,11 +141,19 @@ class Hub:
                 async with asyncio.timeout(self.interval):
                     await self._wake
                 paths = [p for p in self._dirty if p in self.tails]
+                tick = False
             except TimeoutError:
-                paths = list(self.tails)
+                paths, tick = list(self.tails), True
             self._dirty.clear()
             for path in paths:
                 self.tails[path].poll()
+            if tick:
+                self._keepalive(loop.time())
+
+    def _keepalive(self, now: float) -> None:
+        for tail in self.tails.values():
+            if not tail.done and now - tail.active_at >= self.keepalive:
+                tail.wake(IDLE)
 
     @contextlib.asynccontextmanager
     async def tail(self, path: Path) -> AsyncIterator[Tail]:
@@ -156,20 +184,16 @@ class Hub:
                 if pos < tail.size:
                     pieces = tail.pieces(pos)
                     if pieces is None:
-                        pieces = [await _read(path, pos, min(READ, tail.start - pos))]
-                    for piece in pieces:
+                        data = await _read(path, pos, min(READ, tail.start - pos))
+                        pieces = [(data, data.count(b"\n\n"))]
+                    for piece, events in pieces:
                         await write(piece)
                         pos += len(piece)
-                        metrics.delivered(piece)
+                        metrics.bytes_delivered += len(piece)
+                        metrics.events_delivered += events
                 elif tail.done:
                     return
-                else:
-                    done, _ = await asyncio.wait({tail.changed()}, timeout=self.keepalive)
-                    if done:
-                        continue
-                    tail.poll()
-                    if pos < tail.size or tail.done:
-                        continue
+                elif await tail.changed() == IDLE:
                     if end := await _abandoned_end(path):
                         await write(end)  # the writer ended it but could not write its end
                         return
