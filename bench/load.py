@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
+CONNECTING = 200  # connection attempts in flight per load-generator process
 STAMP = re.compile(rb'"content":" ?(\d{19})"')
 SEQ = re.compile(rb'"i":(\d+)')
 
@@ -107,13 +108,16 @@ async def read_stream(
     connected: asyncio.Event,
     expect_events: int,
     gate: list[int],
+    connecting: asyncio.Semaphore,
 ) -> None:
     reader = Reader(kind, result)
     headers = {"Accept": "text/event-stream"}
     if body is not None:
         headers = {**headers, "Content-Type": "application/json", "Authorization": "Bearer bench"}
     try:
-        async with session.request(method, url, data=body, headers=headers) as resp:
+        async with connecting:  # like browsers arriving, not a SYN flood
+            resp = await session.request(method, url, data=body, headers=headers)
+        async with resp:
             if resp.status != 200:
                 reader.fail(f"HTTP {resp.status}")
                 return
@@ -140,6 +144,7 @@ async def run_readers(
     result = Result(readers=len(targets))
     connected = asyncio.Event()
     gate = [len(targets)]
+    connecting = asyncio.Semaphore(CONNECTING)
     connector = aiohttp.TCPConnector(limit=0, force_close=True)
     timeout = aiohttp.ClientTimeout(total=600, sock_connect=60)
     cpu0 = cpu_seconds()
@@ -147,7 +152,16 @@ async def run_readers(
         tasks = [
             asyncio.create_task(
                 read_stream(
-                    session, method, url, kind, result, body, connected, expect_events, gate
+                    session,
+                    method,
+                    url,
+                    kind,
+                    result,
+                    body,
+                    connected,
+                    expect_events,
+                    gate,
+                    connecting,
                 )
             )
             for method, url, body in targets

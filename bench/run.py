@@ -180,7 +180,7 @@ async def create_streams(base: str, count: int, model: str) -> list[str]:
 
 def offloadd_delivery(server: Proc, base: str, streams: int, per: int) -> dict:
     readers = streams * per
-    wait_ms = 3000 + readers * 1.5  # the readers connect before the first token
+    wait_ms = 3000 + readers * 3  # the readers (and their generators) connect first
     model = f"mock?tokens={TOKENS}&delay_ms={DELAY_MS}&stamp=1&wait_ms={wait_ms:.0f}"
     urls = asyncio.run(create_streams(base, streams, model))
     rss0 = server.rss()
@@ -423,10 +423,14 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1, help="offloadd serve --workers")
     parser.add_argument("--quick", action="store_true", help="small points only (a smoke run)")
     parser.add_argument("--no-nchan", action="store_true")
+    parser.add_argument("--points", help="streams x readers to run, e.g. 100x100,40x25")
+    parser.add_argument("--only", choices=["delivery"], help="skip creates, stop, static")
     parser.add_argument("--json", type=Path, help="also write the raw figures here")
     args = parser.parse_args()
     raise_fd_limit()
     points = POINTS[:2] if args.quick else POINTS
+    if args.points:
+        points = [tuple(int(n) for n in p.split("x")) for p in args.points.split(",")]
     data = Path(tempfile.mkdtemp(prefix="bench-data-"))
     mock_port, port = free_port(), free_port()
     mock = Proc(
@@ -474,10 +478,11 @@ def main() -> None:
         idle_cpu0 = server.cpu()
         time.sleep(3)
         report["idle_cpu_s_per_s"] = round((server.cpu() - idle_cpu0) / 3, 4)
-        report["creates"] = [asyncio.run(create_rate(base, r, 4)) for r in (100, 250, 500)]
-        print("creates", report["creates"], flush=True)
-        report["stop"] = asyncio.run(stop_latency(base, mock_url, 20))
-        print("stop", report["stop"], flush=True)
+        if not args.only:
+            report["creates"] = [asyncio.run(create_rate(base, r, 4)) for r in (100, 250, 500)]
+            print("creates", report["creates"], flush=True)
+            report["stop"] = asyncio.run(stop_latency(base, mock_url, 20))
+            print("stop", report["stop"], flush=True)
         if not args.no_nchan and Path("/usr/lib/nginx/modules/ngx_nchan_module.so").exists():
             nginx, nbase, _ = start_nginx(data)
             try:
@@ -488,11 +493,15 @@ def main() -> None:
                     report["nchan"].append(figures)
                 sample = next(data.glob("pub/*/*/*/*/*/*/*.txt"))
                 rel = sample.relative_to(data)
-                report["static"] = {
-                    "file_bytes": sample.stat().st_size,
-                    "offloadd_rps": wrk(f"{base}/1/r/{rel}"),
-                    "nginx_rps": wrk(f"{nbase}/static/{rel}"),
-                }
+                report["static"] = (
+                    None
+                    if args.only
+                    else {
+                        "file_bytes": sample.stat().st_size,
+                        "offloadd_rps": wrk(f"{base}/1/r/{rel}"),
+                        "nginx_rps": wrk(f"{nbase}/static/{rel}"),
+                    }
+                )
                 print("static", report["static"], flush=True)
             finally:
                 nginx.terminate()
@@ -565,11 +574,11 @@ def markdown(report: dict) -> str:
         "| create rate /s | achieved /s | errors | p50 ms | p99 ms |",
         "|---|---|---|---|---|",
     ]
-    for c in report["creates"]:
+    for c in report.get("creates", []):
         lines.append(
             f"| {c['rate']} | {c['achieved']} | {c['errors']} | {c['p50_ms']} | {c['p99_ms']} |"
         )
-    s = report["stop"]
+    s = report.get("stop") or {"n": 0, "p50_ms": "–", "p99_ms": "–", "max_ms": "–"}
     lines += [
         "",
         f"Stop → upstream closed ({s['n']} stops): p50 {s['p50_ms']} ms, "

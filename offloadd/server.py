@@ -4,6 +4,7 @@ process or several workers sharing it, and a clean exit on SIGTERM."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import multiprocessing
 import os
@@ -39,7 +40,7 @@ def listen_socket(config: Config) -> socket.socket:
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((config.host, config.port))
-    sock.listen(1024)
+    sock.listen(socket.SOMAXCONN)  # bursts of new readers queue here, not in SYN retries
     sock.set_inheritable(True)
     return sock
 
@@ -49,6 +50,10 @@ def serve_one(config: Config, sock: socket.socket, announce: Callable[[], None] 
     from offloadd.web import make_app
 
     _use_uvloop()
+    # Thousands of open streams make a large, long-lived heap; the default thresholds
+    # would scan it all again and again while connections come and go.
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
     web.run_app(
         make_app(config),
         sock=sock,
