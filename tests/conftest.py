@@ -151,9 +151,9 @@ def free_port() -> int:
 class Daemon:
     """A real `offloadd` process (serve or mock-upstream) on a free loopback port."""
 
-    def __init__(self, *args: str, ready: bytes = b"listening"):
+    def __init__(self, *args: str, ready: bytes = b"listening", **popen):
         self.port = free_port()
-        self.args, self.ready = args, ready
+        self.args, self.ready, self.popen = args, ready, popen
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: asyncio.subprocess.Process | None = None
         self.output = b""
@@ -171,7 +171,7 @@ class Daemon:
             str(self.port),
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            **{"env": {**os.environ, "PYTHONUNBUFFERED": "1"}, **self.popen},
         )
         async with asyncio.timeout(30):
             while self.ready not in (line := await self.proc.stdout.readline()):
@@ -210,8 +210,8 @@ async def spawn():
     """Start real daemons; all are stopped at the end of the test."""
     daemons: list[Daemon] = []
 
-    async def start(*args: str, ready: bytes = b"listening") -> Daemon:
-        daemon = await Daemon(*args, ready=ready).start()
+    async def start(*args: str, ready: bytes = b"listening", **popen) -> Daemon:
+        daemon = await Daemon(*args, ready=ready, **popen).start()
         daemons.append(daemon)
         return daemon
 
@@ -248,3 +248,14 @@ def ensure_debian_package(package: str, binary: str) -> str:
     found = shutil.which(binary) or shutil.which(binary, path="/usr/sbin:/usr/bin")
     assert found, f"installing {package} gave no {binary}"
     return found
+
+
+async def wait_status(http, url: str, *statuses: str, timeout: float = 15) -> dict:
+    """Poll a status URL (with a plain aiohttp session) until it reaches one of `statuses`."""
+    async with asyncio.timeout(timeout):
+        while True:
+            async with http.get(url) as resp:
+                doc = await resp.json()
+            if doc["status"] in statuses:
+                return doc
+            await asyncio.sleep(0.05)

@@ -2,13 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
-import os
 import signal
-import socket
-import sys
 
-import aiohttp
 import pytest
 from click.testing import CliRunner
 
@@ -59,46 +54,20 @@ class TestServeOptions:
             assert option in result.output
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class TestRealProcess:
-    async def test_serve_with_the_mock_streams_an_answer(self, tmp_path):
-        port = _free_port()
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "offloadd",
-            "serve",
-            "--data",
-            str(tmp_path / "data"),
-            "--upstream-url",
-            "mock",
-            "--no-auth",
-            "--port",
-            str(port),
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    async def test_serve_with_the_mock_streams_an_answer(self, spawn, http, tmp_path):
+        daemon = await spawn(
+            "serve", "--data", str(tmp_path / "data"), "--upstream-url", "mock", "--no-auth"
         )
-        try:
-            line = (await asyncio.wait_for(proc.stdout.readline(), 20)).decode()
-            assert f"listening on http://127.0.0.1:{port}" in line
-            assert "mock" in line
-            async with aiohttp.ClientSession() as session:
-                base = f"http://127.0.0.1:{port}"
-                body = {"messages": [{"role": "user", "content": "hello from a real process"}]}
-                async with session.post(f"{base}/v1/stream-chatgpt", json=body) as resp:
-                    answer = await resp.json()
-                assert answer["endpoints"]["stream_events_url"].startswith(base)
-                async with session.get(answer["endpoints"]["stream_events_url"]) as resp:
-                    events = parse_all(await resp.read())
-            assert events[-1].data == b"[DONE]"
-            assert b"real" in b"".join(e.data for e in events)
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            await asyncio.wait_for(proc.wait(), 20)
-        assert proc.returncode == 0
+        assert f"listening on {daemon.url}" in daemon.output.decode()
+        assert b"mock" in daemon.output
+        body = {"messages": [{"role": "user", "content": "hello from a real process"}]}
+        async with http.post(f"{daemon.url}/v1/stream-chatgpt", json=body) as resp:
+            answer = await resp.json()
+        assert answer["endpoints"]["stream_events_url"].startswith(daemon.url)
+        async with http.get(answer["endpoints"]["stream_events_url"]) as resp:
+            events = parse_all(await resp.read())
+        assert events[-1].data == b"[DONE]"
+        assert b"real" in b"".join(e.data for e in events)
+        daemon.signal(signal.SIGTERM)
+        assert await daemon.wait() == 0

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import orjson
 
+from conftest import wait_status
 from offloadd.sse import parse_all
 
 LONG = {"messages": [{"role": "user", "content": "x"}], "model": "mock?tokens=2000&delay_ms=10"}
@@ -20,18 +21,6 @@ async def _create(http, base: str, body: dict) -> dict:
     ) as resp:
         assert resp.status == 200
         return (await resp.json())["endpoints"]
-
-
-async def _status(http, url: str) -> dict:
-    async with http.get(url) as resp:
-        return await resp.json()
-
-
-async def _wait(http, url: str, *statuses: str, timeout: float = 15) -> dict:
-    async with asyncio.timeout(timeout):
-        while (doc := await _status(http, url))["status"] not in statuses:
-            await asyncio.sleep(0.05)
-    return doc
 
 
 async def _read(http, url: str) -> bytes:
@@ -56,7 +45,7 @@ class TestKill:
         before = [p.read_bytes() for p in _files(data, finished)]
         running = [await _create(http, first.url, LONG) for _ in range(3)]
         for urls in running:
-            await _wait(http, urls["status_url"], "streaming")
+            await wait_status(http, urls["status_url"], "streaming")
         await asyncio.sleep(0.3)
         first.signal(signal.SIGKILL)
         await first.wait()
@@ -64,7 +53,7 @@ class TestKill:
         second = await spawn(*args)  # same directory, new process
         for urls in running:
             status_url = urls["status_url"].replace(first.url, second.url)
-            doc = await _wait(http, status_url, "done", "error", "stopped")
+            doc = await wait_status(http, status_url, "done", "error", "stopped")
             assert doc["status"] == "error"
             assert doc["error"]["code"] == "interrupted"
             json_path, txt_path = _files(data, urls)
@@ -102,7 +91,7 @@ class TestTerm:
         short = await _create(http, daemon.url, slowish)
         long = await _create(http, daemon.url, LONG)
         reader = asyncio.create_task(_read(http, long["stream_events_url"]))
-        await _wait(http, long["status_url"], "streaming")
+        await wait_status(http, long["status_url"], "streaming")
         daemon.signal(signal.SIGTERM)
         raw = await asyncio.wait_for(reader, 15)
         assert raw.endswith(b"data: [DONE]\n\n")

@@ -11,6 +11,7 @@ import time
 import orjson
 import pytest
 
+from conftest import wait_status
 from offloadd.sse import parse_all
 from offloadd.store import Location
 
@@ -53,13 +54,6 @@ async def _json(http, url: str, method: str = "GET") -> dict:
         return await resp.json()
 
 
-async def _wait(http, url: str, *statuses: str, timeout: float = 15) -> dict:
-    async with asyncio.timeout(timeout):
-        while (doc := await _json(http, url))["status"] not in statuses:
-            await asyncio.sleep(0.05)
-    return doc
-
-
 async def _mock_requests(http, mock) -> list[dict]:
     return (await _json(http, f"{mock.url}/_mock/requests"))["requests"]
 
@@ -73,7 +67,7 @@ class TestCluster:
             for d in (b, c)
         ]
         responses = await asyncio.gather(*readers)
-        doc_b = await _wait(http, _on(urls["status_url"], b), "streaming")
+        doc_b = await wait_status(http, _on(urls["status_url"], b), "streaming")
         assert doc_b["response"]["body"]["choices"][0]["message"]["content"] is not None
         await asyncio.sleep(0.3)
         answer = await _json(http, _on(urls["stop_url"], c), "POST")
@@ -90,10 +84,10 @@ class TestCluster:
         _, data, (a, b, c) = cluster
         urls = await _create(http, a.url)
         reader = await http.get(_on(urls["stream_events_url"], c)).__aenter__()
-        await _wait(http, _on(urls["status_url"], b), "streaming")
+        await wait_status(http, _on(urls["status_url"], b), "streaming")
         a.signal(signal.SIGKILL)
         await a.wait()
-        doc = await _wait(http, _on(urls["status_url"], b), "error", "done", "stopped")
+        doc = await wait_status(http, _on(urls["status_url"], b), "error", "done", "stopped")
         assert doc["error"]["code"] == "interrupted"
         raw = await asyncio.wait_for(reader.read(), 15)
         assert raw.endswith(b"data: [DONE]\n\n")
@@ -108,7 +102,7 @@ class TestStaleOwner:
         data = tmp_path / "data"
         daemon = await spawn("serve", "--data", str(data), "--no-auth", "--upstream-url", "mock")
         urls = await _create(http, daemon.url, {**LONG, "model": "mock?tokens=2"})
-        await _wait(http, urls["status_url"], "done")
+        await wait_status(http, urls["status_url"], "done")
         # A request "running" on host `elsewhere`, last heard of 60 s ago.
         loc = Location.new("pub", __import__("datetime").datetime.now().astimezone())
         folder = data / loc.scope / loc.stamp
@@ -124,7 +118,7 @@ class TestStaleOwner:
         marker = orjson.dumps({"rel": loc.rel, "owner": "elsewhere.1.abc"})
         (data / ".offloadd" / "run" / loc.uuid).write_bytes(marker)
         status_url = f"{daemon.url}/1/r/{loc.rel}.json"
-        doc = await _wait(http, status_url, "error")
+        doc = await wait_status(http, status_url, "error")
         assert doc["error"]["code"] == "interrupted"
         assert doc["response"]["body"]["choices"][0]["message"]["content"] == "partial"
         assert not owner.exists()

@@ -3,14 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import re
-import signal
-import socket
-import sys
 from pathlib import Path
 
-import aiohttp
 import pytest
 from click.testing import CliRunner
 
@@ -175,63 +170,33 @@ class TestQuotas:
         assert month_count(data_dir, "counted") == 1
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-async def _start(data_dir: Path, plans: Path) -> tuple[asyncio.subprocess.Process, str]:
-    port = _free_port()
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "offloadd",
-        "serve",
-        "--data",
-        str(data_dir),
-        "--port",
-        str(port),
-        "--upstream-url",
-        "mock",
-        "--plans",
-        str(plans),
-        "--log-level",
-        "WARNING",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    line = await asyncio.wait_for(proc.stdout.readline(), 20)
-    assert b"listening" in line, line
-    return proc, f"http://127.0.0.1:{port}"
-
-
 class TestTwoProcesses:
-    async def test_two_servers_count_one_quota_exactly(self, data_dir, tmp_path):
+    async def test_two_servers_count_one_quota_exactly(self, data_dir, tmp_path, spawn, http):
         plans = tmp_path / "plans.json"
         plans.write_text('{"shared": {"monthly": 40, "per_minute": null}}')
         key = make_key(data_dir, "shared", "shared", plans)
-        servers = [await _start(data_dir, plans) for _ in range(2)]
-        try:
-            body = {"messages": [{"role": "user", "content": "hi"}], "model": "mock?tokens=1"}
-            headers = {"X-API-Key": key, "X-OpenAI-API-Key": "sk-x"}
-            async with aiohttp.ClientSession() as session:
+        servers = [
+            await spawn(
+                "serve",
+                "--data",
+                str(data_dir),
+                "--upstream-url",
+                "mock",
+                "--plans",
+                str(plans),
+                "--log-level",
+                "WARNING",
+            )
+            for _ in range(2)
+        ]
+        body = {"messages": [{"role": "user", "content": "hi"}], "model": "mock?tokens=1"}
+        headers = {"X-API-Key": key, "X-OpenAI-API-Key": "sk-x"}
 
-                async def one(base: str) -> int:
-                    async with session.post(
-                        f"{base}/v1/stream-chatgpt", json=body, headers=headers
-                    ) as resp:
-                        return resp.status
+        async def one(base: str) -> int:
+            async with http.post(f"{base}/v1/stream-chatgpt", json=body, headers=headers) as r:
+                return r.status
 
-                statuses = await asyncio.gather(
-                    *(one(base) for _ in range(30) for _, base in servers)
-                )
-            assert statuses.count(200) == 40
-            assert statuses.count(429) == 20
-            assert month_count(data_dir, "shared") == 40
-        finally:
-            for proc, _ in servers:
-                proc.send_signal(signal.SIGTERM)
-            for proc, _ in servers:
-                await asyncio.wait_for(proc.wait(), 20)
+        statuses = await asyncio.gather(*(one(d.url) for _ in range(30) for d in servers))
+        assert statuses.count(200) == 40
+        assert statuses.count(429) == 20
+        assert month_count(data_dir, "shared") == 40

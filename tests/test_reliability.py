@@ -8,7 +8,6 @@ import os
 import resource
 import signal
 import socket
-import sys
 
 import orjson
 import pytest
@@ -41,16 +40,10 @@ class TestDisk:
             signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
             resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
-        port = __import__("conftest").free_port()
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "offloadd",
+        daemon = await spawn(
             "serve",
             "--data",
             str(data),
-            "--port",
-            str(port),
             "--no-auth",
             "--upstream-url",
             f"{mock.url}/v1",
@@ -58,28 +51,23 @@ class TestDisk:
             "sk-own",
             "--keepalive",
             "0.5",
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
             preexec_fn=small_files,
         )
-        try:
-            assert b"listening" in await asyncio.wait_for(proc.stdout.readline(), 20)
-            base = f"http://127.0.0.1:{port}"
-            body = {**SEED_BODY, "model": "mock?tokens=5000&delay_ms=1"}
-            async with http.post(f"{base}/v1/stream-chatgpt", json=body) as resp:
-                urls = (await resp.json())["endpoints"]
-            async with http.get(urls["stream_events_url"]) as resp:
-                raw = await asyncio.wait_for(resp.read(), 30)
-            events = parse_all(raw)
-            assert events[-1].data == b"[DONE]"
-            final = orjson.loads(events[-2].data)
-            assert final["status"] == "error" and final["error"]["code"] == "storage_error"
-            async with http.get(f"{mock.url}/_mock/requests") as resp:
-                [seen] = (await resp.json())["requests"]
-            assert seen["client_closed"] is True and seen["chunks_sent"] < 5000
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            output = (await asyncio.wait_for(proc.communicate(), 30))[0].decode()
+        body = {**SEED_BODY, "model": "mock?tokens=5000&delay_ms=1"}
+        async with http.post(f"{daemon.url}/v1/stream-chatgpt", json=body) as resp:
+            urls = (await resp.json())["endpoints"]
+        async with http.get(urls["stream_events_url"]) as resp:
+            raw = await asyncio.wait_for(resp.read(), 30)
+        events = parse_all(raw)
+        assert events[-1].data == b"[DONE]"
+        final = orjson.loads(events[-2].data)
+        assert final["status"] == "error" and final["error"]["code"] == "storage_error"
+        async with http.get(f"{mock.url}/_mock/requests") as resp:
+            [seen] = (await resp.json())["requests"]
+        assert seen["client_closed"] is True and seen["chunks_sent"] < 5000
+        daemon.signal(signal.SIGTERM)
+        await daemon.wait()
+        output = daemon.output.decode()
         assert "cannot append to the stream file" in output
 
 

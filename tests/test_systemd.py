@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -79,38 +79,8 @@ class TestServiceUnit:
         assert result.returncode == 0 and complaints == [], complaints
 
 
-async def _serve_on(sock: socket.socket, extra_env: dict, *args: str, tmp_path: Path):
-    """Start `offloadd serve` with `sock` as fd 3, as systemd's socket activation does."""
-
-    def as_systemd() -> None:
-        os.dup2(sock.fileno(), 3)
-        os.environ.update(extra_env)
-        if "LISTEN_FDS" in extra_env:
-            os.environ["LISTEN_PID"] = str(os.getpid())
-
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "offloadd",
-        "serve",
-        "--data",
-        str(tmp_path / "data"),
-        "--upstream-url",
-        "mock",
-        "--no-auth",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        preexec_fn=as_systemd,
-        pass_fds=(3,) if sock.fileno() != 3 else (),
-    )
-    line = await asyncio.wait_for(proc.stdout.readline(), 20)
-    assert b"listening on an inherited socket" in line, line
-    return proc
-
-
 @pytest.mark.parametrize("mode", ["socket-activation", "fd"])
-async def test_serve_on_a_socket_it_is_given(tmp_path, http, mode):
+async def test_serve_on_a_socket_it_is_given(tmp_path, http, spawn, mode):
     port = free_port()
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -122,14 +92,32 @@ async def test_serve_on_a_socket_it_is_given(tmp_path, http, mode):
         else {"PYTHONUNBUFFERED": "1"}
     )
     args = ("--fd", "3") if mode == "fd" else ()
-    proc = await _serve_on(sock, env, *args, tmp_path=tmp_path)
+
+    def as_systemd() -> None:
+        """In the child, before exec: the socket at fd 3, the variables systemd sets."""
+        os.dup2(sock.fileno(), 3)
+        os.environ.update(env)
+        if "LISTEN_FDS" in env:
+            os.environ["LISTEN_PID"] = str(os.getpid())
+
+    daemon = await spawn(
+        "serve",
+        "--data",
+        str(tmp_path / "data"),
+        "--upstream-url",
+        "mock",
+        "--no-auth",
+        *args,
+        ready=b"listening on an inherited socket",
+        env=None,
+        preexec_fn=as_systemd,
+        pass_fds=(3,) if sock.fileno() != 3 else (),
+    )
     sock.close()
-    try:
-        body = {"messages": [{"role": "user", "content": "activated"}]}
-        async with http.post(f"http://127.0.0.1:{port}/v1/stream-chatgpt", json=body) as resp:
-            urls = (await resp.json())["endpoints"]
-        async with http.get(urls["stream_events_url"]) as resp:
-            assert (await resp.read()).endswith(b"data: [DONE]\n\n")
-    finally:
-        proc.terminate()
-        assert await asyncio.wait_for(proc.wait(), 20) == 0
+    body = {"messages": [{"role": "user", "content": "activated"}]}
+    async with http.post(f"http://127.0.0.1:{port}/v1/stream-chatgpt", json=body) as resp:
+        urls = (await resp.json())["endpoints"]
+    async with http.get(urls["stream_events_url"]) as resp:
+        assert (await resp.read()).endswith(b"data: [DONE]\n\n")
+    daemon.signal(signal.SIGTERM)
+    assert await daemon.wait() == 0
