@@ -132,23 +132,24 @@ class Hub:
                 self._wake.set_result(None)
 
     async def run(self) -> None:
-        """Poll: the poked files at once; every followed file each interval, when idle ones
-        also get their keep-alive."""
+        """Poll: the poked files at once; every followed file at least each interval (pokes
+        come only from writers in this process, never for files other daemons write), when
+        idle ones also get their keep-alive."""
         loop = asyncio.get_running_loop()
+        next_full = loop.time() + self.interval
         while True:
             self._wake = loop.create_future()
-            try:
-                async with asyncio.timeout(self.interval):
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(0.0, next_full - loop.time())):
                     await self._wake
-                paths = [p for p in self._dirty if p in self.tails]
-                tick = False
-            except TimeoutError:
-                paths, tick = list(self.tails), True
+            full = loop.time() >= next_full
+            paths = list(self.tails) if full else [p for p in self._dirty if p in self.tails]
             self._dirty.clear()
             for path in paths:
                 self.tails[path].poll()
-            if tick:
+            if full:
                 self._keepalive(loop.time())
+                next_full = loop.time() + self.interval
 
     def _keepalive(self, now: float) -> None:
         for tail in self.tails.values():

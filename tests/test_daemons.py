@@ -167,3 +167,36 @@ class TestServeModes:
             assert urls["status_url"].startswith("http://app/1/r/pub/")
             async with http.get(urls["stream_events_url"]) as resp:
                 assert (await resp.read()).endswith(b"data: [DONE]\n\n")
+
+
+class TestPollingUnderLoad:
+    async def test_a_busy_daemon_still_follows_files_other_daemons_write(self, cluster, http):
+        """Pokes from this daemon's own writers must not starve the timed poll that follows
+        files written elsewhere (found by the --workers 2 benchmark)."""
+        from offloadd.sse import SSEParser
+
+        _, _, (a, b, _) = cluster
+        own = await _create(http, a.url, {**LONG, "model": "mock?tokens=3000&delay_ms=5"})
+        busy = await http.get(own["stream_events_url"]).__aenter__()  # A pokes all the time
+        other = await _create(http, b.url, {**LONG, "model": "mock?tokens=40&delay_ms=20&stamp=1"})
+        parser, received = SSEParser(), []
+        async with http.get(_on(other["stream_events_url"], a)) as resp:
+            async for piece in resp.content.iter_any():
+                now = time.time_ns()
+                received += [(now, e) for e in parser.feed(piece) if e.id]
+        stamps = (
+            [
+                int(c)
+                for _, e in received
+                if e.event is None and e.data.startswith(b"{")
+                for c in [orjson.loads(e.data)["choices"][0]["delta"].get("content", "").strip()]
+                if c.isdigit()
+            ]
+            if received
+            else []
+        )
+        assert len(stamps) == 40
+        first_token_at = next(t for t, e in received if e.id == "2")
+        assert first_token_at < stamps[-1], "the reader on A got B's stream only at its end"
+        busy.close()
+        await _json(http, own["stop_url"], "POST")
