@@ -8,10 +8,9 @@ import shutil
 from pathlib import Path
 
 import pytest
+from playwright import async_api as playwright_api
 
 from conftest import ensure_debian_package
-
-playwright_api = pytest.importorskip("playwright.async_api")
 
 CHROMIUM_ARGS = [
     "--headless",
