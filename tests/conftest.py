@@ -221,6 +221,23 @@ async def spawn():
 
 
 @pytest.fixture
+async def mock_process(spawn) -> Daemon:
+    """The mock upstream as its own process, shared by the daemons a test starts."""
+    return await spawn("mock-upstream", ready=b"mock upstream listening")
+
+
+@pytest.fixture
+def serve_with_mock(spawn, mock_process):
+    """Start `offloadd serve` on `data` against the shared mock process, without auth."""
+
+    async def start(data: Path, *args: str, **popen) -> Daemon:
+        upstream = ("--upstream-url", f"{mock_process.url}/v1", "--upstream-key", "sk-own")
+        return await spawn("serve", "--data", str(data), "--no-auth", *upstream, *args, **popen)
+
+    return start
+
+
+@pytest.fixture
 async def http():
     import aiohttp
 

@@ -133,6 +133,26 @@ class TestPage:
         assert await page.text_content(".msg.assistant .text") == "alpha beta gamma delta"
 
 
+class TestPageWithAuth:
+    async def test_asks_for_an_api_key_and_uses_it(self, browser, make_client, data_dir):
+        from test_keys import make_key
+
+        key = make_key(data_dir)
+        client = await make_client(auth=True, upstream_key="sk-server-own-key")
+        page = await browser.new_page()
+        await page.goto(str(client.make_url("/")))
+        assert await page.is_visible("#api-key-label")
+        await _send(page, "no key yet", "mock?tokens=2")
+        await page.wait_for_selector("#error:not([hidden])")
+        assert "missing_api_key" in await page.text_content("#error")
+        await page.fill("#api-key", key)
+        await _send(page, "with a key", "mock?tokens=2")
+        async with asyncio.timeout(10):
+            while await _status(page) != "done":
+                await asyncio.sleep(0.05)
+        await page.close()
+
+
 def test_screenshot_is_in_the_readme():
     root = Path(__file__).resolve().parent.parent
     assert "docs/screenshot.png" in (root / "README.md").read_text()

@@ -38,19 +38,11 @@ class TestAsk:
         assert text.startswith("hello from the terminal\n[done · 4 tokens · ")
         assert "\033[" not in text  # not a terminal: plain text
 
-    async def test_ctrl_c_stops_the_request_on_the_server(self, spawn, tmp_path, http):
-        mock = await spawn("mock-upstream", ready=b"mock upstream listening")
-        data = tmp_path / "data"
-        daemon = await spawn(
-            "serve",
-            "--data",
-            str(data),
-            "--no-auth",
-            "--upstream-url",
-            f"{mock.url}/v1",
-            "--upstream-key",
-            "sk-own",
-        )
+    async def test_ctrl_c_stops_the_request_on_the_server(
+        self, serve_with_mock, mock_process, tmp_path, http
+    ):
+        mock, data = mock_process, tmp_path / "data"
+        daemon = await serve_with_mock(data)
         proc = await _run(
             "ask", "count", "--server", daemon.url, "--model", "mock?tokens=3000&delay_ms=20"
         )

@@ -19,24 +19,10 @@ LONG = {"messages": [{"role": "user", "content": "x"}], "model": "mock?tokens=30
 
 
 @pytest.fixture
-async def cluster(spawn, tmp_path):
+async def cluster(serve_with_mock, mock_process, tmp_path):
     """A shared mock upstream and three daemons (A, B, C) on one directory."""
-    mock = await spawn("mock-upstream", ready=b"mock upstream listening")
     data = tmp_path / "data"
-    daemons = [
-        await spawn(
-            "serve",
-            "--data",
-            str(data),
-            "--no-auth",
-            "--upstream-url",
-            f"{mock.url}/v1",
-            "--upstream-key",
-            "sk-own",
-        )
-        for _ in range(3)
-    ]
-    return mock, data, daemons
+    return mock_process, data, [await serve_with_mock(data) for _ in range(3)]
 
 
 async def _create(http, base: str, body: dict = LONG) -> dict:

@@ -29,30 +29,19 @@ class TestDisk:
         assert "cannot" in body["error"]["message"]
         assert files_under(data_dir) == []
 
-    async def test_a_request_that_cannot_write_ends_its_upstream_call(self, spawn, http, tmp_path):
+    async def test_a_request_that_cannot_write_ends_its_upstream_call(
+        self, serve_with_mock, mock_process, http, tmp_path
+    ):
         """The daemon may write files of at most 64 KiB (RLIMIT_FSIZE): a long answer
         hits the limit mid-stream, as on a full disk."""
-        mock = await spawn("mock-upstream", ready=b"mock upstream listening")
-        data = tmp_path / "data"
+        mock, data = mock_process, tmp_path / "data"
         limit = 64 * 1024
 
         def small_files() -> None:
             signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
             resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
-        daemon = await spawn(
-            "serve",
-            "--data",
-            str(data),
-            "--no-auth",
-            "--upstream-url",
-            f"{mock.url}/v1",
-            "--upstream-key",
-            "sk-own",
-            "--keepalive",
-            "0.5",
-            preexec_fn=small_files,
-        )
+        daemon = await serve_with_mock(data, "--keepalive", "0.5", preexec_fn=small_files)
         body = {**SEED_BODY, "model": "mock?tokens=5000&delay_ms=1"}
         async with http.post(f"{daemon.url}/v1/stream-chatgpt", json=body) as resp:
             urls = (await resp.json())["endpoints"]
