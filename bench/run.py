@@ -138,11 +138,16 @@ def wait_connected(pipes) -> float:
     return max(times)
 
 
-def summarize(results, readers: int, expected_events: int) -> dict:
+def summarize(results, readers: int, expected_events: int, point=(0, 0), wall=0.0, cpu=0.0) -> dict:
     latencies = [x / 1e6 for r in results for x in r.latencies_ns]
     errors = [e for r in results for e in r.errors]
     events = sum(r.events for r in results)
     return {
+        "streams": point[0],
+        "per_stream": point[1],
+        "wall_s": round(wall, 2),
+        "server_cpu_s": round(cpu, 2),
+        "cpu_us_per_event": round(cpu / max(1, events) * 1e6, 1),
         "readers": readers,
         "events": events,
         "events_expected": expected_events,
@@ -190,13 +195,8 @@ def offloadd_delivery(server: Proc, base: str, streams: int, per: int) -> dict:
     rss1, cpu0, t0 = server.rss(), server.cpu(), time.time()
     results = collect(procs, pipes)
     wall, cpu = time.time() - t0, server.cpu() - cpu0
-    out = summarize(results, readers, readers * EVENTS_PER_STREAM)
+    out = summarize(results, readers, readers * EVENTS_PER_STREAM, (streams, per), wall, cpu)
     out.update(
-        streams=streams,
-        per_stream=per,
-        wall_s=round(wall, 2),
-        server_cpu_s=round(cpu, 2),
-        cpu_us_per_event=round(cpu / max(1, out["events"]) * 1e6, 1),
         rss_per_reader_kb=round((rss1 - rss0) / readers / 1024, 1),
         connected_before_first_token=connected * 1e9
         < min(r.first_stamp_ns for r in results if r.first_stamp_ns),
@@ -390,15 +390,8 @@ def nchan_delivery(nginx: subprocess.Popen, base: str, streams: int, per: int) -
     publisher.join()
     wall = time.time() - t0
     cpu = sum(cpu_seconds(p) for p in pids) - cpu0
-    out = summarize(results, readers, readers * TOKENS)
-    out.update(
-        streams=streams,
-        per_stream=per,
-        wall_s=round(wall, 2),
-        server_cpu_s=round(cpu, 2),
-        cpu_us_per_event=round(cpu / max(1, out["events"]) * 1e6, 1),
-        rss_kb_total=round(rss0 / 1024),
-    )
+    out = summarize(results, readers, readers * TOKENS, (streams, per), wall, cpu)
+    out["rss_kb_total"] = round(rss0 / 1024)
     return out
 
 
