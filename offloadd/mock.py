@@ -212,7 +212,6 @@ async def _stream(
         await asyncio.sleep(behaviour.wait_ms / 1000)
     for i, chunk in enumerate(chunks):
         if _fault(behaviour, entry.chunks_sent) == "disconnect":
-            entry.client_closed = False
             request.transport and request.transport.abort()
             entry.finished = True
             return response

@@ -86,20 +86,28 @@ class Runner:
         self.runs[loc.uuid] = run
         run.task = asyncio.create_task(self._run(run, call), name=f"offloadd-run-{loc.uuid}")
 
-    def status(self, loc: Location) -> dict | None:
-        """The freshest document: from memory while this process runs it, else from disk."""
+    def document(self, loc: Location) -> dict | None:
+        """The freshest document: from memory while this process runs it, else from disk.
+        Its `response.body` may lag the stream by up to a flush; `with_answer` brings it up."""
+        run = self._running(loc)
+        return run.doc if run else self.store.read_status(loc)
+
+    def with_answer(self, loc: Location, doc: dict) -> dict:
+        """The document with the answer so far, built here rather than on every chunk."""
+        run = self._running(loc)
+        if run and run.doc is doc and run.event_id:
+            doc["response"]["body"] = run.completion.body()
+        return doc
+
+    def _running(self, loc: Location) -> Run | None:
         run = self.runs.get(loc.uuid)
-        if run is not None and run.loc == loc:
-            if run.event_id:  # the body is built here, not on every chunk
-                run.doc["response"]["body"] = run.completion.body()
-            return run.doc
-        return self.store.read_status(loc)
+        return run if run is not None and run.loc == loc else None
 
     async def stop(self, loc: Location) -> dict | None:
         """Cancel the owning task and wait for it to write its final state; when another
         daemon owns it, ask that one and wait a few seconds for the answer."""
-        run = self.runs.get(loc.uuid)
-        if run is not None and run.loc == loc and run.task is not None:
+        run = self._running(loc)
+        if run is not None and run.task is not None:
             run.cancel_reason = "stop"
             run.task.cancel()
             await asyncio.wait({run.task}, timeout=5)

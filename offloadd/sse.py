@@ -24,9 +24,10 @@ def retry_record(retry_ms: int) -> bytes:
 
 def encode_event(event_id: int, data: bytes, event: str | None = None) -> bytes:
     """One event; data with line breaks becomes several `data:` lines, as SSE requires."""
-    parts = [b"id: %d\n" % event_id]
-    if event:
-        parts.append(b"event: %s\n" % event.encode())
+    head = b"id: %d\n" % event_id + (b"event: %s\n" % event.encode() if event else b"")
+    if b"\n" not in data and b"\r" not in data:  # every JSON chunk: no split needed
+        return b"%sdata: %s\n\n" % (head, data)
+    parts = [head]
     for line in _LINE.split(data):
         parts.append(b"data: %s\n" % line)
     parts.append(b"\n")

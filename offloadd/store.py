@@ -106,9 +106,6 @@ class Store:
         except OSError as e:
             raise StorageError(f"cannot open the stream file: {e.strerror or e}") from e
 
-    def exists(self, loc: Location) -> bool:
-        return self.json_path(loc).is_file()
-
     def remove(self, loc: Location) -> None:
         """Remove both files, as far as the disk lets us (this runs when a write failed)."""
         for path in (self.txt_path(loc), self.json_path(loc)):

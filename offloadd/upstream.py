@@ -75,7 +75,7 @@ class Upstream:
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.retries, self.max_wait = retries, max_wait
 
-    async def open(self, call: Call, on_retry=None) -> Reply:
+    async def open(self, call: Call) -> Reply:
         """Start the call; retry connect errors, 429 and 5xx (no token has been sent yet)."""
         attempt = 0
         while True:
@@ -88,8 +88,6 @@ class Upstream:
                 if e.retry_after is not None and e.retry_after > self.max_wait:
                     raise
                 attempt += 1
-                if on_retry:
-                    on_retry(attempt, e)
                 await asyncio.sleep(wait)
 
     async def _open_once(self, call: Call) -> Reply:

@@ -124,7 +124,7 @@ async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
 
     async with (
         aiohttp.ClientSession(connector=connector, auto_decompress=False) as session,
-        Webhooks.session(config.allow_private_webhooks) as hook_session,
+        Webhooks.client_session(config.allow_private_webhooks) as hook_session,
     ):
         webhooks = Webhooks(
             hook_session,
@@ -319,9 +319,7 @@ def api_key(request: web.Request) -> str:
 
 
 def _check_json(request: web.Request) -> None:
-    if request.content_type not in ("application/json",) and not request.content_type.endswith(
-        "+json"
-    ):
+    if request.content_type != "application/json" and not request.content_type.endswith("+json"):
         raise UnsupportedMediaType("send the body as JSON with `Content-Type: application/json`")
     limit = request.app[CONFIG].max_body_bytes
     if request.content_length is not None and request.content_length > limit:
@@ -397,7 +395,7 @@ async def _create(request: web.Request) -> web.Response:
 def _earlier(request: web.Request, base: str, options) -> dict:
     """The finished request a continuation starts from, or a clear error."""
     loc = earlier_location(options.from_status_url, base)
-    doc = request.app[RUNNER].status(loc)
+    doc = request.app[RUNNER].document(loc)
     if doc is None or not allows(doc, options.from_bearer_token):
         raise NotFound(
             "`from_status_url` names no conversation here (or a private one without the right "
@@ -428,7 +426,7 @@ async def _create_files(request: web.Request, loc: Location, doc: dict, charge: 
 def locate(request: web.Request) -> Location:
     info = request.match_info
     loc = Location.parse(info["scope"], info["stamp"], info["uuid"])
-    if loc is None or not request.app[STORE].exists(loc):
+    if loc is None:
         raise NotFound("no such conversation")
     return loc
 
@@ -444,7 +442,7 @@ def conversation(request: web.Request, query_token: bool = False) -> tuple[Locat
     """The conversation a reading URL names, if the caller may see it; 404 otherwise,
     so a private conversation's existence is not revealed."""
     loc = locate(request)
-    doc = request.app[RUNNER].status(loc)
+    doc = request.app[RUNNER].document(loc)  # one read: a missing file is a missing document
     if doc is None or not allows(doc, bearer(request, query_token)):
         raise NotFound("no such conversation")
     return loc, doc
@@ -465,6 +463,7 @@ async def status(request: web.Request) -> web.Response:
     if doc["status"] in TERMINAL and loc.uuid not in request.app[RUNNER].runs:
         if response := accel(request, loc, ".json"):
             return response
+    doc = request.app[RUNNER].with_answer(loc, doc)
     return web.json_response(public_view(doc), dumps=_dumps)
 
 

@@ -97,7 +97,7 @@ class Webhooks:
         self.max_seconds, self.backoff = max_seconds, backoff
 
     @staticmethod
-    def session(allow_private: bool) -> aiohttp.ClientSession:
+    def client_session(allow_private: bool) -> aiohttp.ClientSession:
         resolver = None if allow_private else PublicOnlyResolver()
         return aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(resolver=resolver, limit=50),
