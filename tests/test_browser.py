@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from playwright import async_api as playwright_api
 
-from conftest import ensure_debian_package
+from conftest import require_binary
 
 CHROMIUM_ARGS = [
     "--headless",
@@ -26,7 +26,7 @@ CHROMIUM_ARGS = [
 
 @pytest.fixture
 async def browser():
-    executable = ensure_debian_package("chromium", "chromium")
+    executable = require_binary("chromium", "chromium")
     async with playwright_api.async_playwright() as p:
         browser = await p.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
         yield browser

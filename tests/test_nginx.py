@@ -12,7 +12,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from conftest import ensure_debian_package, free_port
+from conftest import free_port, require_binary
 from offloadd.sse import SSEParser, parse_all
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,7 +41,7 @@ def nginx_conf(tmp: Path, listen: int, backend: int, data: Path) -> Path:
 @pytest.fixture
 async def stack(spawn, tmp_path):
     """offloadd (mock upstream, --accel-redirect) and nginx in front of it."""
-    binary = ensure_debian_package("nginx", "nginx")
+    binary = require_binary("nginx", "nginx")
     data = tmp_path / "data"
     daemon = await spawn(
         "serve",

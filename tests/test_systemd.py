@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import free_port
+from conftest import free_port, require_binary
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVICE = ROOT / "systemd" / "offloadd.service"
@@ -56,8 +56,8 @@ class TestServiceUnit:
         assert one["Service.ExecStart"].endswith("offloadd serve")
         assert one["Install.WantedBy"] == "multi-user.target"
 
-    @pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="no systemd-analyze here")
     def test_systemd_analyze_verify_finds_nothing(self, tmp_path):
+        analyze = require_binary("systemd", "systemd-analyze")
         offloadd = shutil.which("offloadd") or sys.executable
         for name in ("offloadd.service", "offloadd.socket"):
             text = (ROOT / "systemd" / name).read_text()
@@ -65,7 +65,7 @@ class TestServiceUnit:
             unit.write_text(text.replace("/usr/local/bin/offloadd", offloadd))
         result = subprocess.run(
             [
-                "systemd-analyze",
+                analyze,
                 "verify",
                 str(tmp_path / "offloadd.service"),
                 str(tmp_path / "offloadd.socket"),
