@@ -37,3 +37,8 @@ def allows(doc: dict, token: str | None) -> bool:
         return True
     expected = (doc.get("_offloadd") or {}).get("token_sha256", "")
     return bool(token) and hmac.compare_digest(token_hash(token), expected)
+
+
+def any_allows(doc: dict, tokens: list[str]) -> bool:
+    """Whether any of the tokens a reader sent opens this conversation."""
+    return allows(doc, None) or any(allows(doc, token) for token in tokens)

@@ -35,12 +35,15 @@ class Printer:
     def event(self, event) -> None:
         if event.id:
             self.last_id = event.id
-        if event.event == "status":
-            self.final = orjson.loads(event.data)
+        if event.data == DONE:
+            self.final = self.final or {"status": "done"}  # no error event before it: done
             return
-        if event.data == DONE or not event.data.startswith(b"{"):
+        if not event.data.startswith(b"{"):
             return
         chunk = orjson.loads(event.data)
+        if event.event == "status" or "error" in chunk:  # the first release named its end
+            self.final = chunk
+            return
         if chunk.get("usage"):
             self.usage = chunk["usage"]
         for choice in chunk.get("choices") or ():

@@ -2,35 +2,33 @@
 
 from __future__ import annotations
 
-import re
 from urllib.parse import urlsplit
 
 from offloadd.errors import BadRequest
-from offloadd.store import Location
-
-STATUS_PATH = re.compile(
-    r"/[12]/r/(?P<scope>pub|priv)/(?P<stamp>\d{4}/\d{2}/\d{2}/\d{2}/\d{2}/\d{2})/(?P<uuid>[^/]+)\.json"
-)
+from offloadd.layout import Location, parse_url
 
 
 def earlier_location(url: str, own_base: str) -> Location:
     """The earlier request's location; only status URLs of this server are accepted."""
-    parts, own = urlsplit(url), urlsplit(own_base)
+    try:
+        parts, own = urlsplit(url), urlsplit(own_base)
+        netloc, own_netloc = parts.netloc.lower(), own.netloc.lower()
+    except ValueError:  # an unclosed `[`, say
+        raise BadRequest("`from_status_url` is not a URL", code="invalid_from_status_url") from None
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise BadRequest("`from_status_url` must be a status URL", code="invalid_from_status_url")
-    if parts.netloc.lower() != own.netloc.lower():
+    if netloc != own_netloc:
         raise BadRequest(
             f"`from_status_url` points at another server ({parts.netloc}); continue a "
             "conversation on the server that holds it",
             code="foreign_from_status_url",
         )
-    m = STATUS_PATH.fullmatch(parts.path)
-    loc = m and Location.parse(m["scope"], m["stamp"], m["uuid"])
-    if not loc:
+    found = parse_url(url)
+    if not found or found[2] != ".json":
         raise BadRequest(
             "`from_status_url` is not a status URL of this server", code="invalid_from_status_url"
         )
-    return loc
+    return found[1]
 
 
 def answer_message(doc: dict) -> dict | None:

@@ -7,6 +7,7 @@ the test suite checks it against the real answers with schemathesis.
 from __future__ import annotations
 
 from offloadd import __version__
+from offloadd.layout import OPENAPI_PATH
 
 _ERROR = {
     "type": "object",
@@ -139,7 +140,7 @@ _PATH_PARAMS = [
         for n in ("year", "month", "day", "hour", "minute", "second", "uuid")
     ),
 ]
-_BASE = "/{kind}/r/{scope}/{year}/{month}/{day}/{hour}/{minute}/{second}/{uuid}"
+_BASE = OPENAPI_PATH
 
 
 def _create(summary: str) -> dict:

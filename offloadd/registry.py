@@ -22,7 +22,7 @@ from pathlib import Path
 
 import orjson
 
-from offloadd.store import SCOPES, Location
+from offloadd.layout import Location
 
 
 class Registry:
@@ -98,7 +98,7 @@ class Registry:
                 continue
             if self.alive(info.get("owner", "")):
                 continue
-            loc = _location(info.get("rel", ""))
+            loc = Location.from_rel(str(info.get("rel", "")))
             mine = marker.with_name(f".{name}.{self.owner}")
             try:
                 os.rename(marker, mine)
@@ -123,9 +123,3 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def _location(rel: str) -> Location | None:
-    scope, _, rest = rel.partition("/")
-    stamp, _, uuid = rest.rpartition("/")
-    return Location.parse(scope, stamp, uuid) if scope in SCOPES else None

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import orjson
 
+from offloadd.layout import SCOPES
 from offloadd.status import TERMINAL
-from offloadd.store import SCOPES
 
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 

@@ -8,7 +8,6 @@ upstream connection (so the model stops generating and billing stops).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import time
@@ -16,15 +15,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import orjson
-
 from offloadd.assemble import Completion
 from offloadd.config import Config
+from offloadd.layout import Location
 from offloadd.metrics import Metrics
 from offloadd.registry import Registry
-from offloadd.sse import DONE, closing, encode_event, parse_all
 from offloadd.status import TERMINAL, public_view, set_status
-from offloadd.store import Location, StorageError, Store, append
+from offloadd.store import StorageError, Store, append
+from offloadd.transcript import chunk_record, ending, events_after_end, is_forced_usage, recover
 from offloadd.upstream import Call, Upstream, UpstreamError
 from offloadd.webhooks import Webhooks
 
@@ -226,13 +224,13 @@ class Runner:
         task.add_done_callback(self.deliveries.discard)
 
     def _chunk(self, run: Run, raw: bytes, chunk: dict) -> None:
-        """Write one upstream chunk to the stream, verbatim, and fold it into the document."""
-        run.event_id += 1
-        usage_only = chunk.get("choices") == [] and chunk.get("usage") is not None
-        name = "usage" if usage_only and run.usage_added else None
-        append(run.fd, encode_event(run.event_id, raw, name))
-        self.on_append(run.path)
+        """Write one upstream chunk to the stream, verbatim, and fold it into the document
+        (a usage chunk offloadd asked for on the caller's behalf goes to the document only)."""
         run.completion.add(chunk)
+        if not is_forced_usage(chunk, run.usage_added):
+            run.event_id += 1
+            append(run.fd, chunk_record(run.event_id, raw, self.config.retry_ms))
+            self.on_append(run.path)
         doc = run.doc
         doc["events"] = run.event_id
         now = time.monotonic()
@@ -253,7 +251,7 @@ class Runner:
         self.metrics.finished[run.doc["request"]["endpoint"], status] += 1
         if error and error["code"].startswith("upstream_"):
             self.metrics.upstream_errors[error["code"]] += 1
-        tail = finalize(run.doc, run.completion, run.event_id, status, error)
+        tail = self._finalize(run.doc, run.completion, run.event_id, status, error)
         self._write_end(run.loc, run.doc, tail, run.fd)
 
     def _write_end(self, loc: Location, doc: dict, tail: bytes, fd: int) -> None:
@@ -266,6 +264,21 @@ class Runner:
         except StorageError as e:
             log.error("request %s: stream end not saved: %s", loc.rel, e)
         self.on_append(self.store.txt_path(loc))
+
+    def _finalize(
+        self, doc: dict, completion: Completion, last_id: int, status: str, error: dict | None
+    ) -> bytes:
+        """Bring the document to its final state; return the bytes that end the stream."""
+        now = time.time()
+        set_status(doc, status)
+        doc["error"] = error
+        doc["response"]["body"] = completion.body() if completion.head or last_id else None
+        request = doc["request"]
+        request["finished_at"] = round(now, 3)
+        request["request_time"] = round(now - (request["processed_at"] or now), 3)
+        request["total_time"] = round(now - request["request_at"], 3)
+        doc["events"] = events_after_end(last_id, status)
+        return ending(last_id, status, error, self.config.retry_ms)
 
     # --- requests whose daemon died -------------------------------------------------------
 
@@ -280,63 +293,24 @@ class Runner:
         path = self.store.txt_path(loc)
         fd = self.store.open_stream(loc)
         try:
-            events, completion, last_id = _replay(path)
-            if events and events[-1].data == DONE:
+            found = recover(path)
+            if found.ended:
                 return  # it ended; only its marker was left behind
             stop_asked = self.registry is not None and loc.uuid in self.registry.stop_requests()
             if doc["status"] in TERMINAL:  # died between the two final writes
-                final = {"status": doc["status"], "finish_reason": completion.finish_reason}
-                if doc.get("error"):
-                    final["error"] = doc["error"]
-                tail = closing(last_id, final)
+                tail = ending(found.last_id, doc["status"], doc.get("error"), self.config.retry_ms)
             elif stop_asked:
-                tail = finalize(doc, completion, last_id, "stopped", None)
+                tail = self._finalize(doc, found.completion, found.last_id, "stopped", None)
             else:
                 message = "the daemon running this request stopped before it completed"
-                tail = finalize(doc, completion, last_id, "error", _error("interrupted", message))
+                error = _error("interrupted", message)
+                tail = self._finalize(doc, found.completion, found.last_id, "error", error)
             self._write_end(loc, doc, tail, fd)
             log.warning("request %s ended as %s (its daemon died)", loc.rel, doc["status"])
         finally:
             os.close(fd)
             if self.registry:
                 self.registry.release(loc)
-
-
-def finalize(
-    doc: dict, completion: Completion, last_id: int, status: str, error: dict | None
-) -> bytes:
-    """Bring the document to its final state; return the bytes that end the stream."""
-    now = time.time()
-    set_status(doc, status)
-    doc["error"] = error
-    doc["response"]["body"] = completion.body() if last_id else None
-    request = doc["request"]
-    request["finished_at"] = round(now, 3)
-    request["request_time"] = round(now - (request["processed_at"] or now), 3)
-    request["total_time"] = round(now - request["request_at"], 3)
-    final = {"status": status, "finish_reason": completion.finish_reason}
-    if error:
-        final["error"] = error
-    doc["events"] = last_id + 2
-    return closing(last_id, final)
-
-
-def _replay(path: Path) -> tuple[list, Completion, int]:
-    """The complete events of a stream file (a torn last record is cut off), and the
-    completion they add up to."""
-    raw = path.read_bytes()
-    whole = raw.rfind(b"\n\n") + 2
-    if whole < len(raw):
-        os.truncate(path, whole)
-    events = parse_all(raw[:whole])
-    completion, last_id = Completion(), 0
-    for event in events:
-        if event.id and event.id.isdigit():
-            last_id = int(event.id)
-        if event.event in (None, "usage") and event.data.startswith(b"{"):
-            with contextlib.suppress(orjson.JSONDecodeError):
-                completion.add(orjson.loads(event.data))
-    return events, completion, last_id
 
 
 def _error(code: str, message: str) -> dict:

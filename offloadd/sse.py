@@ -10,21 +10,21 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import orjson
-
 DONE = b"[DONE]"
 KEEPALIVE = b": keep-alive\n\n"
 _LINE = re.compile(rb"\r\n|\r|\n")
 
 
-def retry_record(retry_ms: int) -> bytes:
-    """The record every `.txt` starts with: how long a browser waits before reconnecting."""
-    return b"retry: %d\n\n" % retry_ms
-
-
-def encode_event(event_id: int, data: bytes, event: str | None = None) -> bytes:
-    """One event; data with line breaks becomes several `data:` lines, as SSE requires."""
-    head = b"id: %d\n" % event_id + (b"event: %s\n" % event.encode() if event else b"")
+def encode_event(
+    event_id: int, data: bytes, event: str | None = None, retry: int | None = None
+) -> bytes:
+    """One event; data with line breaks becomes several `data:` lines, as SSE requires.
+    The id comes first, where the transcript's scans look for it."""
+    head = b"id: %d\n" % event_id
+    if event:
+        head += b"event: %s\n" % event.encode()
+    if retry is not None:
+        head += b"retry: %d\n" % retry
     if b"\n" not in data and b"\r" not in data:  # every JSON chunk: no split needed
         return b"%sdata: %s\n\n" % (head, data)
     parts = [head]
@@ -32,12 +32,6 @@ def encode_event(event_id: int, data: bytes, event: str | None = None) -> bytes:
         parts.append(b"data: %s\n" % line)
     parts.append(b"\n")
     return b"".join(parts)
-
-
-def closing(last_id: int, final: dict) -> bytes:
-    """The two events every stream ends with: its final status, then `[DONE]`."""
-    status = encode_event(last_id + 1, orjson.dumps(final), "status")
-    return status + encode_event(last_id + 2, DONE)
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from offloadd.store import Location
+from offloadd.layout import Location, url_prefix
 
 KINDS = {1: "/v1/stream-chatgpt", 2: "/v1/async-chatgpt"}
 TERMINAL = ("done", "error", "stopped")
@@ -30,7 +30,7 @@ STATUS_README = {
 
 def endpoints(base_url: str, kind: int, loc: Location) -> dict:
     """The URLs of a conversation; the async kind has no stream URL, as in the original."""
-    prefix = f"{base_url.rstrip('/')}/{kind}/r/{loc.rel}"
+    prefix = url_prefix(base_url, kind, loc)
     urls = {"status_url": f"{prefix}.json"}
     if kind == 1:
         urls["stream_events_url"] = f"{prefix}.txt"

@@ -1,4 +1,4 @@
-"""The files of a conversation and their layout: `DATA/{pub,priv}/YYYY/MM/DD/HH/MM/SS/<uuid>`.
+"""The files of a conversation: reading and writing them where `layout` puts them.
 
 Knows nothing of HTTP. The `.json` is only ever replaced whole (temporary file,
 then rename), the `.txt` only ever appended to, so readers in any process see
@@ -9,46 +9,16 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import shutil
-import uuid as uuidlib
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
 
-SCOPES = ("pub", "priv")
-UUID4 = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
-STAMP = re.compile(r"\d{4}/\d{2}/\d{2}/\d{2}/\d{2}/\d{2}")
+from offloadd.layout import Location
 
 
 class StorageError(Exception):
     """A file of a conversation could not be written (full disk, permissions, …)."""
-
-
-@dataclass(frozen=True)
-class Location:
-    """Where one conversation lives, as `scope/stamp/uuid`; also the tail of its URLs."""
-
-    scope: str
-    stamp: str
-    uuid: str
-
-    @classmethod
-    def new(cls, scope: str, when: datetime) -> Location:
-        return cls(scope, when.astimezone(UTC).strftime("%Y/%m/%d/%H/%M/%S"), str(uuidlib.uuid4()))
-
-    @classmethod
-    def parse(cls, scope: str, stamp: str, uuid: str) -> Location | None:
-        """A location from URL parts, or None when any part is not exactly well-formed."""
-        if scope in SCOPES and STAMP.fullmatch(stamp) and UUID4.fullmatch(uuid):
-            return cls(scope, stamp, uuid)
-        return None
-
-    @property
-    def rel(self) -> str:
-        return f"{self.scope}/{self.stamp}/{self.uuid}"
 
 
 class Store:
@@ -66,13 +36,13 @@ class Store:
     def txt_path(self, loc: Location) -> Path:
         return self.base(loc).with_suffix(".txt")
 
-    def create(self, loc: Location, doc: dict, stream_head: bytes) -> None:
+    def create(self, loc: Location, doc: dict) -> None:
         """Make both files, or neither: a failed create leaves nothing behind."""
         folder = self.base(loc).parent
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            with open(self.txt_path(loc), "xb") as f:
-                f.write(stream_head)
+            with open(self.txt_path(loc), "xb"):
+                pass
             self.write_status(loc, doc)
         except (OSError, StorageError) as e:
             self.remove(loc)

@@ -21,12 +21,11 @@ import orjson
 from aiohttp import web
 
 from offloadd.metrics import Metrics
-from offloadd.sse import KEEPALIVE, closing
+from offloadd.sse import KEEPALIVE
 from offloadd.status import TERMINAL
+from offloadd.transcript import END, READ, abandoned_end, resume_offset
 
-END = b"data: [DONE]\n\n"
 WINDOW = 256 * 1024  # bytes of a file held in memory for readers that keep up
-READ = 64 * 1024  # bytes read from disk at a time, for catch-up and per poll
 RESUME_PATIENCE = 2.0  # seconds to wait for a Last-Event-ID this file does not hold yet
 SSE_HEADERS = {
     "Content-Type": "text/event-stream",
@@ -117,9 +116,9 @@ class Tail:
 class Hub:
     """All tails of this process and the one loop that polls them."""
 
-    def __init__(self, interval: float, keepalive: float, metrics: Metrics | None = None):
-        self.interval, self.keepalive = interval, keepalive
-        self.metrics = metrics or Metrics()
+    def __init__(self, interval: float, keepalive: float, retry_ms: int, metrics: Metrics):
+        self.interval, self.keepalive, self.retry_ms = interval, keepalive, retry_ms
+        self.metrics = metrics
         self.tails: dict[Path, Tail] = {}
         self._dirty: set[Path] = set()
         self._wake: asyncio.Future | None = None
@@ -150,6 +149,11 @@ class Hub:
             if full:
                 self._keepalive(loop.time())
                 next_full = loop.time() + self.interval
+
+    async def _abandoned_end(self, path: Path) -> bytes | None:
+        """The end a writer could not write (full disk), once its status document is final."""
+        doc = await _final_document(path)
+        return await abandoned_end(path, doc, self.retry_ms) if doc else None
 
     def _keepalive(self, now: float) -> None:
         for tail in self.tails.values():
@@ -195,33 +199,20 @@ class Hub:
                 elif tail.done:
                     return
                 elif await tail.changed() == IDLE:
-                    if end := await _abandoned_end(path):
+                    if end := await self._abandoned_end(path):
                         await write(end)  # the writer ended it but could not write its end
                         return
                     await write(KEEPALIVE)
 
 
-def finished(path: Path) -> bool:
-    """Whether a stream file holds its whole stream (ends with `[DONE]`)."""
-    with open(path, "rb") as f:
-        f.seek(max(0, os.fstat(f.fileno()).st_size - len(END)))
-        return f.read().endswith(END)
-
-
-async def _abandoned_end(path: Path) -> bytes | None:
-    """The end of a stream whose status file is final but whose stream file never got its
-    last two events (a full disk, say): readers still learn it is over, and why."""
+async def _final_document(path: Path) -> dict | None:
+    """The status document beside a `.txt`, when it is final."""
     try:
         async with aiofiles.open(path.with_suffix(".json"), "rb") as f:
             doc = orjson.loads(await f.read())
     except (OSError, orjson.JSONDecodeError):
         return None
-    if doc.get("status") not in TERMINAL:
-        return None
-    final = {"status": doc["status"]}
-    if doc.get("error"):
-        final["error"] = doc["error"]
-    return closing(max(0, int(doc.get("events") or 2) - 2), final)
+    return doc if isinstance(doc, dict) and doc.get("status") in TERMINAL else None
 
 
 async def _read(path: Path, pos: int, size: int) -> bytes:
@@ -230,55 +221,16 @@ async def _read(path: Path, pos: int, size: int) -> bytes:
         return await f.read(size)
 
 
-async def resume_offset(path: Path, last_id: int) -> tuple[int, bool, int]:
-    """Byte offset just after event `last_id`, whether the stream ended there, and the
-    highest id in the file.
-
-    Scans records (`…\n\n`) in fixed-size reads, so a long transcript is never
-    read into memory whole.
-    """
-    base, carry, found, highest = 0, b"", None, 0
-    async with aiofiles.open(path, "rb") as f:
-        while found is None:
-            block = await f.read(READ)
-            if not block:
-                break
-            carry += block
-            start = 0
-            while (end := carry.find(b"\n\n", start)) != -1:
-                event_id = _record_id(carry[start:end])
-                highest = max(highest, event_id or 0)
-                if event_id is not None and event_id > last_id:
-                    found = base + start
-                    break
-                start = end + 2
-            base, carry = base + start, carry[start:]
-        size = await f.seek(0, os.SEEK_END)
-        if found is None:
-            found = size if not carry else base
-        await f.seek(max(0, size - len(END)))
-        ended = (await f.read()).endswith(END)
-    return found, ended and found >= size, highest
-
-
 async def _resume(path: Path, last_id: int, interval: float) -> tuple[int, bool]:
     """Where to resume. Waits briefly for an id the file does not hold yet: a reader may
     have received it from another daemon whose poll came sooner than ours."""
     loop = asyncio.get_running_loop()
     give_up = loop.time() + RESUME_PATIENCE
     while True:
-        pos, ended, highest = await resume_offset(path, last_id)
-        if ended or highest >= last_id or loop.time() >= give_up:
-            return pos, ended
+        found = await resume_offset(path, last_id)
+        if found.ended or found.highest >= last_id or loop.time() >= give_up:
+            return found.offset, found.ended
         await asyncio.sleep(interval)
-
-
-def _record_id(record: bytes) -> int | None:
-    if record.startswith(b"id: "):
-        line = record[4:].split(b"\n", 1)[0]
-        if line.isdigit():
-            return int(line)
-    return None
 
 
 async def respond(

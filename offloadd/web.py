@@ -15,7 +15,14 @@ import orjson
 from aiohttp import web
 
 from offloadd import __version__
-from offloadd.access import TOKEN_QUERY, allows, authorization, new_token, private_fields
+from offloadd.access import (
+    TOKEN_QUERY,
+    allows,
+    any_allows,
+    authorization,
+    new_token,
+    private_fields,
+)
 from offloadd.config import Config
 from offloadd.continuation import continued_messages, earlier_location
 from offloadd.errors import (
@@ -29,16 +36,17 @@ from offloadd.errors import (
     UnsupportedMediaType,
 )
 from offloadd.keys import Charge, KeyStore, SQLiteKeys, load_plans
+from offloadd.layout import READ_PREFIXES, ROUTE, Location
 from offloadd.metrics import Metrics
 from offloadd.mock import make_mock_app
 from offloadd.openapi import document
 from offloadd.registry import Registry
 from offloadd.retention import collect
 from offloadd.runner import Runner
-from offloadd.sse import retry_record
 from offloadd.status import TERMINAL, create_answer, new_document, public_view
-from offloadd.store import Location, StorageError, Store
-from offloadd.stream import Hub, finished, respond
+from offloadd.store import StorageError, Store
+from offloadd.stream import Hub, respond
+from offloadd.transcript import finished
 from offloadd.upstream import Call, Upstream
 from offloadd.validate import parse_body
 from offloadd.webhooks import Webhooks, load_or_create_secret, shown_url
@@ -54,10 +62,7 @@ KEYS = web.AppKey("keys", KeyStore)
 METRICS = web.AppKey("metrics", Metrics)
 STATIC = "offloadd.static"  # a response that nginx completes from a file
 
-READ_PREFIXES = ("/1/r/", "/2/r/")
 STATIC_DIR = Path(__file__).parent / "static"
-READ_BASE = r"/{kind:[12]}/r/{scope:pub|priv}/{stamp:\d{4}/\d{2}/\d{2}/\d{2}/\d{2}/\d{2}}"
-UUID = r"{uuid:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}}"
 MOCK_KEY = "offloadd-mock-key"
 HTTP_CODES = {
     404: NotFound("no such endpoint or conversation"),
@@ -86,12 +91,12 @@ def make_app(config: Config) -> web.Application:
     app.router.add_get("/metrics", metrics)
     app.router.add_post("/v1/stream-chatgpt", create)
     app.router.add_post("/v1/async-chatgpt", create)
-    app.router.add_get(f"{READ_BASE}/{UUID}.json", status)
-    app.router.add_get(f"{READ_BASE}/{UUID}.txt", events)
-    app.router.add_route("GET", f"{READ_BASE}/{UUID}/stop", stop)
-    app.router.add_route("POST", f"{READ_BASE}/{UUID}/stop", stop)
+    app.router.add_get(f"{ROUTE}.json", status)
+    app.router.add_get(f"{ROUTE}.txt", events)
+    app.router.add_route("GET", f"{ROUTE}/stop", stop)
+    app.router.add_route("POST", f"{ROUTE}/stop", stop)
     for suffix in (".json", ".txt", "/stop"):
-        app.router.add_route("OPTIONS", f"{READ_BASE}/{UUID}{suffix}", preflight)
+        app.router.add_route("OPTIONS", f"{ROUTE}{suffix}", preflight)
     for path in ("/v1/stream-chatgpt", "/v1/async-chatgpt"):
         app.router.add_route("OPTIONS", path, preflight)
     return app
@@ -149,7 +154,9 @@ async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
 async def _runner_ctx(app: web.Application) -> AsyncIterator[None]:
     """The poll loop that follows files for readers, wired to the runner's writes."""
     config = app[CONFIG]
-    hub = app[HUB] = Hub(config.poll_interval, config.keepalive_seconds, app[METRICS])
+    hub = app[HUB] = Hub(
+        config.poll_interval, config.keepalive_seconds, config.retry_ms, app[METRICS]
+    )
     app[RUNNER].on_append = hub.poke
     tasks = [
         asyncio.create_task(hub.run(), name="offloadd-hub"),
@@ -413,7 +420,7 @@ def _earlier(request: web.Request, base: str, options) -> dict:
 async def _create_files(request: web.Request, loc: Location, doc: dict, charge: Charge | None):
     """Both files or none; a request that could not be stored is not counted."""
     try:
-        request.app[STORE].create(loc, doc, retry_record(request.app[CONFIG].retry_ms))
+        request.app[STORE].create(loc, doc)
     except StorageError:
         if charge:
             await request.app[KEYS].refund(charge)
@@ -431,11 +438,16 @@ def locate(request: web.Request) -> Location:
     return loc
 
 
-def bearer(request: web.Request, query_too: bool = False) -> str | None:
+def tokens(request: web.Request, query_too: bool = False) -> list[str]:
+    """Every token the caller sent. An SDK sends `Authorization: Bearer <its api key>` on
+    every request, so a wrong header must not hide a right `?token=`."""
+    found = []
     value = request.headers.get("Authorization", "")
     if value[:7].lower() == "bearer ":
-        return value[7:].strip()
-    return request.query.get(TOKEN_QUERY) if query_too else None
+        found.append(value[7:].strip())
+    if query_too and (query := request.query.get(TOKEN_QUERY)):
+        found.append(query)
+    return found
 
 
 def conversation(request: web.Request, query_token: bool = False) -> tuple[Location, dict]:
@@ -443,7 +455,7 @@ def conversation(request: web.Request, query_token: bool = False) -> tuple[Locat
     so a private conversation's existence is not revealed."""
     loc = locate(request)
     doc = request.app[RUNNER].document(loc)  # one read: a missing file is a missing document
-    if doc is None or not allows(doc, bearer(request, query_token)):
+    if doc is None or not any_allows(doc, tokens(request, query_token)):
         raise NotFound("no such conversation")
     return loc, doc
 

@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 from pathlib import Path
 
+import orjson
 import pytest
 from yarl import URL
 
@@ -133,6 +134,27 @@ def make_api(make_client, mock_server):
         return Api(await make_client(**changes), mock_server)
 
     return make
+
+
+def how_it_ended(events: list) -> dict:
+    """How a stream ended, told from the stream alone, as any reader can (README, *The event
+    stream*): an event with an `error` key just before `[DONE]`, or else `done`."""
+    assert events and events[-1].data == b"[DONE]", "the stream has no [DONE]"
+    if len(events) > 1 and events[-2].data.startswith(b"{"):
+        last = orjson.loads(events[-2].data)
+        if "error" in last:
+            return last
+    return {"status": "done"}
+
+
+def stream_text(events: list) -> str:
+    """The text a reader of the stream shows: `choices[0].delta.content` of every chunk."""
+    text = ""
+    for event in events:
+        if event.event is None and event.data.startswith(b"{"):
+            choices = orjson.loads(event.data).get("choices")
+            text += (choices[0].get("delta") or {}).get("content") or "" if choices else ""
+    return text
 
 
 def files_under(root: Path) -> list[Path]:

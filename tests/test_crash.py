@@ -8,7 +8,7 @@ from pathlib import Path
 
 import orjson
 
-from conftest import wait_status
+from conftest import how_it_ended, stream_text, wait_status
 from offloadd.sse import parse_all
 
 LONG = {"messages": [{"role": "user", "content": "x"}], "model": "mock?tokens=2000&delay_ms=10"}
@@ -60,15 +60,11 @@ class TestKill:
             on_disk = orjson.loads(json_path.read_bytes())
             assert on_disk["status"] == "error"
             events = parse_all(txt_path.read_bytes())
-            assert events[-1].data == b"[DONE]" and events[-2].event == "status"
+            assert how_it_ended(events)["error"]["code"] == "interrupted"
             ids = [int(e.id) for e in events if e.id]
             assert ids == list(range(1, len(ids) + 1))
             # the text in the status equals what the stream holds
-            text = "".join(
-                orjson.loads(e.data)["choices"][0]["delta"].get("content") or ""
-                for e in events
-                if e.event is None and e.data.startswith(b"{") and orjson.loads(e.data)["choices"]
-            )
+            text = stream_text(events)
             assert doc["response"]["body"]["choices"][0]["message"]["content"] == text
             assert len(text.split()) > 3
             # a reader that reconnects is released

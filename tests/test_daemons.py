@@ -12,8 +12,8 @@ import orjson
 import pytest
 
 from conftest import wait_status
+from offloadd.layout import Location
 from offloadd.sse import parse_all
-from offloadd.store import Location
 
 LONG = {"messages": [{"role": "user", "content": "x"}], "model": "mock?tokens=3000&delay_ms=10"}
 

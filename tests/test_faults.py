@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import socket
 
-import orjson
 import pytest
+
+from conftest import how_it_ended
 
 FAULTS = [
     pytest.param("mock?status=401", "upstream_unauthorized", 401, id="401"),
@@ -19,10 +20,7 @@ FAULTS = [
 
 
 async def _ends_in_error(api, urls) -> dict:
-    events = await api.events(urls["stream_events_url"])
-    status, done = events[-2:]
-    assert status.event == "status" and done.data == b"[DONE]"
-    final = orjson.loads(status.data)
+    final = how_it_ended(await api.events(urls["stream_events_url"]))
     assert final["status"] == "error"
     doc = await api.status(urls["status_url"])
     assert doc["status"] == "error"

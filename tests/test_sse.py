@@ -8,8 +8,8 @@ import asyncio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from offloadd.sse import DONE, encode_event, parse_all, retry_record
-from offloadd.stream import resume_offset
+from offloadd.sse import DONE, encode_event, parse_all
+from offloadd.transcript import chunk_record, ending, resume_offset
 
 # SSE cannot carry a lone "\r" (it is a line break on the wire); JSON chunks never hold one.
 TEXT = st.text(st.characters(blacklist_characters="\r", blacklist_categories=("Cs",)))
@@ -18,10 +18,11 @@ NAMES = st.one_of(st.none(), st.sampled_from(["usage", "status"]))
 
 
 def _stream(chunks: list[bytes], names: list) -> bytes:
-    out = retry_record(3000)
+    """A transcript in today's format, with named events as the first release wrote some."""
+    out = b""
     for i, (data, name) in enumerate(zip(chunks, names, strict=False), start=1):
-        out += encode_event(i, data, name)
-    return out + encode_event(len(chunks) + 1, DONE)
+        out += encode_event(i, data, name, retry=3000 if i == 1 else None)
+    return out + ending(len(chunks), "done", None, 3000)
 
 
 class TestRoundTrip:
@@ -57,8 +58,19 @@ class TestResumeOffset:
         path = tmp_path_factory.mktemp("sse") / "s.txt"
         path.write_bytes(raw)
         last = draw.draw(st.integers(0, len(chunks) + 1))
-        offset, ended, highest = asyncio.run(resume_offset(path, last))
-        rest = [e for e in parse_all(raw[offset:]) if e.id]
+        found = asyncio.run(resume_offset(path, last))
+        rest = [e for e in parse_all(raw[found.offset :]) if e.id]
         assert [int(e.id) for e in rest] == list(range(last + 1, len(chunks) + 2))
-        assert ended == (last == len(chunks) + 1)
-        assert highest >= min(last, len(chunks) + 1)
+        assert found.ended == (last == len(chunks) + 1)
+        assert found.highest >= min(last, len(chunks) + 1)
+
+
+class TestEveryRecordHasData:
+    @given(st.lists(DATA, max_size=5), st.sampled_from(["done", "error", "stopped"]))
+    def test_no_record_without_data_and_retry_rides_on_the_first(self, chunks, status):
+        error = {"code": "x", "message": "why"} if status == "error" else None
+        raw = b"".join(chunk_record(i, c, 3000) for i, c in enumerate(chunks, 1))
+        raw += ending(len(chunks), status, error, 3000)
+        records = raw.split(b"\n\n")[:-1]
+        assert all(b"\ndata: " in b"\n" + r for r in records)
+        assert [r.count(b"retry: 3000") for r in records] == [1] + [0] * (len(records) - 1)

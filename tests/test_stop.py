@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-import orjson
+from conftest import how_it_ended
 
 
 async def _wait_upstream_closed(api, timeout=5.0) -> dict:
@@ -33,9 +33,7 @@ class TestStop:
         seen = await _wait_upstream_closed(api)
         assert 0 < seen["chunks_sent"] < 500
         events = await asyncio.wait_for(reader, 5)
-        status, done = events[-2:]
-        assert status.event == "status" and orjson.loads(status.data)["status"] == "stopped"
-        assert done.data == b"[DONE]"
+        assert how_it_ended(events)["status"] == "stopped"
         doc = await api.status(urls["status_url"])
         assert doc["status"] == "stopped"
         text = doc["response"]["body"]["choices"][0]["message"]["content"]
@@ -54,7 +52,8 @@ class TestStop:
         resp = await api.get(urls["stop_url"])
         assert (await resp.json())["conversation_status"] == "stopped"
         events = await api.events(urls["stream_events_url"])
-        assert [e.event for e in events[1:]] == ["status", None]
+        assert [int(e.id) for e in events] == [1, 2]
+        assert how_it_ended(events)["status"] == "stopped"
 
     async def test_stop_after_the_end_changes_nothing(self, api, data_dir):
         urls = (await api.create(model="mock?tokens=3"))["endpoints"]

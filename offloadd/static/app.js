@@ -58,14 +58,23 @@ function follow(streamUrl, token) {
   const source = new EventSource(url);
   state.source = source;
   setStatus("waiting");
+  let ended = null;
+  const end = (final) => {
+    ended = final;
+    setStatus(final.status);
+    if (final.error) showError(`${final.error.code}: ${final.error.message}`);
+  };
   source.onmessage = (event) => {
     if (event.data === "[DONE]") {
+      // No error event before [DONE]: the request is done.
+      if (!ended) end({ status: "done" });
       source.close();
       state.source = null;
       return;
     }
     let chunk;
     try { chunk = JSON.parse(event.data); } catch { return; }
+    if (chunk.error) return end(chunk);
     const choice = chunk.choices && chunk.choices[0];
     if (!choice) return;
     const text = choice.delta && choice.delta.content;
@@ -74,11 +83,8 @@ function follow(streamUrl, token) {
       setStatus("streaming");
     }
   };
-  source.addEventListener("status", (event) => {
-    const final = JSON.parse(event.data);
-    setStatus(final.status);
-    if (final.error) showError(`${final.error.code}: ${final.error.message}`);
-  });
+  // Transcripts of the first release end with a named status event.
+  source.addEventListener("status", (event) => end(JSON.parse(event.data)));
   source.onerror = () => {
     // EventSource reconnects by itself with Last-Event-ID; offloadd answers 204 once the
     // stream has ended, which closes it for good.

@@ -1,0 +1,74 @@
+"""The data directory's layout and the URL ⇄ path pattern: the one owner of both.
+
+A conversation is `DATA/{pub,priv}/YYYY/MM/DD/HH/MM/SS/<uuid>.{json,txt}`, and its URLs
+are `/<kind>/r/` followed by the same path, so a finished public file can be served
+statically from the same tree (SPEC §2). `kind` is 1 for stream requests, 2 for async.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid as uuidlib
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from urllib.parse import urlsplit
+
+SCOPES = ("pub", "priv")
+KINDS = (1, 2)
+UUID4 = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
+STAMP = re.compile(r"\d{4}/\d{2}/\d{2}/\d{2}/\d{2}/\d{2}")
+READ_PREFIXES = tuple(f"/{kind}/r/" for kind in KINDS)
+# aiohttp's route pattern for a conversation's URLs (add `.json`, `.txt` or `/stop`)
+ROUTE = (
+    r"/{kind:[12]}/r/{scope:pub|priv}/{stamp:\d{4}/\d{2}/\d{2}/\d{2}/\d{2}/\d{2}}"
+    r"/{uuid:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}}"
+)
+# the same, as OpenAPI writes a path
+OPENAPI_PATH = "/{kind}/r/{scope}/{year}/{month}/{day}/{hour}/{minute}/{second}/{uuid}"
+_URL_PATH = re.compile(
+    r"/(?P<kind>[12])/r/(?P<scope>pub|priv)/(?P<stamp>\d{4}/\d{2}/\d{2}/\d{2}/\d{2}/\d{2})"
+    r"/(?P<uuid>[^/]+)(?P<suffix>\.json|\.txt|/stop)"
+)
+
+
+@dataclass(frozen=True)
+class Location:
+    """Where one conversation lives, as `scope/stamp/uuid`; also the tail of its URLs."""
+
+    scope: str
+    stamp: str
+    uuid: str
+
+    @classmethod
+    def new(cls, scope: str, when: datetime) -> Location:
+        return cls(scope, when.astimezone(UTC).strftime("%Y/%m/%d/%H/%M/%S"), str(uuidlib.uuid4()))
+
+    @classmethod
+    def parse(cls, scope: str, stamp: str, uuid: str) -> Location | None:
+        """A location from URL parts, or None when any part is not exactly well-formed."""
+        if scope in SCOPES and STAMP.fullmatch(stamp) and UUID4.fullmatch(uuid):
+            return cls(scope, stamp, uuid)
+        return None
+
+    @classmethod
+    def from_rel(cls, rel: str) -> Location | None:
+        """A location from its `scope/stamp/uuid` form (as kept in bookkeeping files)."""
+        scope, _, rest = rel.partition("/")
+        stamp, _, uuid = rest.rpartition("/")
+        return cls.parse(scope, stamp, uuid)
+
+    @property
+    def rel(self) -> str:
+        return f"{self.scope}/{self.stamp}/{self.uuid}"
+
+
+def url_prefix(base_url: str, kind: int, loc: Location) -> str:
+    """A conversation's URLs without their suffix (`.json`, `.txt`, `/stop`)."""
+    return f"{base_url.rstrip('/')}/{kind}/r/{loc.rel}"
+
+
+def parse_url(url: str) -> tuple[int, Location, str] | None:
+    """(kind, location, suffix) of one of offloadd's conversation URLs, or None."""
+    m = _URL_PATH.fullmatch(urlsplit(url).path)
+    loc = m and Location.parse(m["scope"], m["stamp"], m["uuid"])
+    return (int(m["kind"]), loc, m["suffix"]) if m and loc else None
