@@ -1,6 +1,78 @@
-"""Builds the `chat.completion` a poller reads from the `chat.completion.chunk`s streamed so far."""
+"""Builds the `chat.completion` a poller reads from the `chat.completion.chunk`s streamed so far.
+
+Chunks come from an upstream we do not control, so nothing here trusts their shape:
+a field of the wrong type is ignored, indices are only keys (never list positions to
+pad up to), and the result grows only with what was streamed.
+"""
 
 from __future__ import annotations
+
+from typing import Any
+
+TEXT_KEYS = ("content", "refusal", "reasoning_content")
+HEAD_KEYS = ("id", "created", "model", "system_fingerprint", "service_tier")
+
+
+def _dict(value: Any) -> dict:
+    return value if isinstance(value, dict) else {}
+
+
+def _list(value: Any) -> list:
+    return value if isinstance(value, list) else []
+
+
+def _index(value: Any, default: int) -> int:
+    """An index as the upstream meant it, or `default` when it is not an integer."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else default
+
+
+class _Choice:
+    def __init__(self, index: int):
+        self.index = index
+        self.role = "assistant"
+        self.text: dict[str, str] = {}
+        self.calls: dict[int, dict] = {}
+        self.finish_reason: str | None = None
+        self.logprobs: list | None = None
+
+    def add(self, choice: dict) -> None:
+        delta = _dict(choice.get("delta"))
+        if isinstance(delta.get("role"), str):
+            self.role = delta["role"]
+        for key in TEXT_KEYS:
+            if isinstance(delta.get(key), str):
+                self.text[key] = self.text.get(key, "") + delta[key]
+        for call in _list(delta.get("tool_calls")):
+            if isinstance(call, dict):
+                self._call(call)
+        if isinstance(choice.get("finish_reason"), str):
+            self.finish_reason = choice["finish_reason"]
+        logprobs = choice.get("logprobs")
+        if isinstance(logprobs, dict):
+            self.logprobs = (self.logprobs or []) + _list(logprobs.get("content"))
+
+    def _call(self, delta: dict) -> None:
+        index = _index(delta.get("index"), max(self.calls, default=-1) + 1)
+        call = self.calls.setdefault(
+            index, {"id": None, "type": "function", "function": {"name": "", "arguments": ""}}
+        )
+        for key in ("id", "type"):
+            if isinstance(delta.get(key), str):
+                call[key] = delta[key]
+        function = _dict(delta.get("function"))
+        for key in ("name", "arguments"):
+            if isinstance(function.get(key), str):
+                call["function"][key] += function[key]
+
+    def body(self) -> dict:
+        message: dict = {"role": self.role, "content": self.text.get("content")}
+        message.update({k: v for k, v in self.text.items() if k != "content"})
+        if self.calls:
+            message["tool_calls"] = [self.calls[i] for i in sorted(self.calls)]
+        out: dict = {"index": self.index, "message": message, "finish_reason": self.finish_reason}
+        if self.logprobs is not None:
+            out["logprobs"] = {"content": self.logprobs}
+        return out
 
 
 class Completion:
@@ -8,48 +80,24 @@ class Completion:
 
     def __init__(self) -> None:
         self.head: dict = {}
-        self.choices: dict[int, dict] = {}
+        self.choices: dict[int, _Choice] = {}
         self.usage: dict | None = None
 
     def add(self, chunk: dict) -> None:
-        for key in ("id", "created", "model", "system_fingerprint", "service_tier"):
-            if chunk.get(key) is not None:
+        for key in HEAD_KEYS:
+            if isinstance(chunk.get(key), str | int | float) and not isinstance(chunk[key], bool):
                 self.head[key] = chunk[key]
-        if chunk.get("usage"):
+        if isinstance(chunk.get("usage"), dict):
             self.usage = chunk["usage"]
-        for choice in chunk.get("choices") or ():
+        for choice in _list(chunk.get("choices")):
             if isinstance(choice, dict):
-                self._choice(choice)
-
-    def _choice(self, choice: dict) -> None:
-        index = choice.get("index", 0)
-        slot = self.choices.setdefault(
-            index,
-            {
-                "index": index,
-                "message": {"role": "assistant", "content": None},
-                "finish_reason": None,
-            },
-        )
-        delta = choice.get("delta") or {}
-        message = slot["message"]
-        if delta.get("role"):
-            message["role"] = delta["role"]
-        for key in ("content", "refusal", "reasoning_content"):
-            if isinstance(delta.get(key), str):
-                message[key] = (message.get(key) or "") + delta[key]
-        for call in delta.get("tool_calls") or ():
-            _tool_call(message.setdefault("tool_calls", []), call)
-        if choice.get("finish_reason"):
-            slot["finish_reason"] = choice["finish_reason"]
-        if choice.get("logprobs") is not None:
-            slot.setdefault("logprobs", {"content": []})
-            slot["logprobs"]["content"].extend(choice["logprobs"].get("content") or ())
+                index = _index(choice.get("index"), 0)
+                self.choices.setdefault(index, _Choice(index)).add(choice)
 
     @property
     def finish_reason(self) -> str | None:
         first = self.choices.get(0) or next(iter(self.choices.values()), None)
-        return first and first["finish_reason"]
+        return first.finish_reason if first else None
 
     def body(self) -> dict:
         return {
@@ -58,21 +106,6 @@ class Completion:
             "created": self.head.get("created"),
             "model": self.head.get("model"),
             **{k: v for k, v in self.head.items() if k not in ("id", "created", "model")},
-            "choices": [self.choices[i] for i in sorted(self.choices)],
+            "choices": [self.choices[i].body() for i in sorted(self.choices)],
             "usage": self.usage,
         }
-
-
-def _tool_call(calls: list, delta: dict) -> None:
-    index = delta.get("index", len(calls))
-    while len(calls) <= index:
-        calls.append({"id": None, "type": "function", "function": {"name": "", "arguments": ""}})
-    call = calls[index]
-    if delta.get("id"):
-        call["id"] = delta["id"]
-    if delta.get("type"):
-        call["type"] = delta["type"]
-    function = delta.get("function") or {}
-    for key in ("name", "arguments"):
-        if isinstance(function.get(key), str):
-            call["function"][key] += function[key]

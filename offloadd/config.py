@@ -56,6 +56,12 @@ class Config:
     remote_stop_wait: float = 3.0
     # Retention: finished conversations older than this are removed (None: kept forever).
     retention_seconds: float | None = None
+    # Facing the internet: whose X-Forwarded-* headers are believed (as uvicorn's
+    # --forwarded-allow-ips; "*" for any), and the limits on slow or many clients.
+    forwarded_allow_ips: tuple[str, ...] = ("127.0.0.1", "::1")
+    header_timeout: float = 60.0  # nginx's client_header_timeout
+    body_timeout: float = 60.0  # nginx's client_body_timeout
+    max_connections: int = 10_000
     # How long running requests may finish on shutdown before they are ended.
     grace_seconds: float = 10.0
 

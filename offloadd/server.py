@@ -54,8 +54,14 @@ def serve_one(config: Config, sock: socket.socket, announce: Callable[[], None] 
     # would scan it all again and again while connections come and go.
     gc.freeze()
     gc.set_threshold(50_000, 20, 100)
+    fatal: list[str] = []
+
+    def on_fatal(task_name: str) -> None:  # shut down as on SIGTERM, then exit non-zero
+        fatal.append(task_name)
+        signal.raise_signal(signal.SIGTERM)
+
     web.run_app(
-        make_app(config),
+        make_app(config, on_fatal=on_fatal),
         sock=sock,
         print=(lambda _: announce()) if announce else None,
         access_log_class=AccessLogger,
@@ -63,6 +69,8 @@ def serve_one(config: Config, sock: socket.socket, announce: Callable[[], None] 
         handler_cancellation=True,
         shutdown_timeout=config.grace_seconds + 5,
     )
+    if fatal:
+        raise SystemExit(f"offloadd: background task {fatal[0]} died; see the log")
 
 
 def serve(config: Config, announce: Callable[[], None]) -> None:

@@ -46,7 +46,8 @@ class Store:
             self.write_status(loc, doc)
         except (OSError, StorageError) as e:
             self.remove(loc)
-            raise StorageError(f"cannot create the conversation files: {e.strerror or e}") from e
+            why = getattr(e, "strerror", None) or e
+            raise StorageError(f"cannot create the conversation files: {why}") from e
 
     def write_status(self, loc: Location, doc: dict, durable: bool = False) -> None:
         """Replace the `.json` atomically; `durable` also syncs it (for final states)."""

@@ -56,6 +56,11 @@ class Call:
             text = text.replace(self.key, "***")
         return KEY_LIKE.sub("sk-***", text)
 
+    def scrub_bytes(self, data: bytes) -> bytes:
+        """The key out of a chunk that is otherwise kept verbatim (an upstream may echo it)."""
+        key = self.key.encode()
+        return data.replace(key, b"***") if key and key in data else data
+
 
 @dataclass
 class Reply:
@@ -118,7 +123,7 @@ class Upstream:
             ) from None
         if resp.status != 200:
             raise await _http_error(resp, call)
-        return Reply(resp, kept_headers(resp.headers))
+        return Reply(resp, kept_headers(resp.headers, call))
 
     async def chunks(self, reply: Reply, call: Call) -> AsyncIterator[tuple[bytes, dict]]:
         """Each chunk as (raw JSON bytes exactly as sent, parsed), until `[DONE]`."""
@@ -129,7 +134,8 @@ class Upstream:
                     if event.data == DONE:
                         return
                     if event.data:
-                        yield event.data, _chunk(event.data, call)
+                        data = call.scrub_bytes(event.data)
+                        yield data, _chunk(data, call)
         except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as e:
             message = call.scrub(f"the upstream connection broke: {e}")
             raise UpstreamError("upstream_disconnected", message) from None
@@ -146,7 +152,7 @@ def _chunk(data: bytes, call: Call) -> dict:
     except orjson.JSONDecodeError:
         chunk = None
     if not isinstance(chunk, dict):
-        shown = call.scrub(data[:200].decode("utf-8", "replace"))
+        shown = call.scrub(data.decode("utf-8", "replace"))[:200]
         raise UpstreamError(
             "upstream_bad_chunk", f"the upstream sent a chunk that is not a JSON object: {shown!r}"
         )
@@ -199,10 +205,11 @@ def _retry_after(value: str | None) -> float | None:
         return None
 
 
-def kept_headers(headers) -> dict:
-    """Only harmless upstream headers reach the status document: ids, timings, rate limits."""
+def kept_headers(headers, call: Call) -> dict:
+    """Only harmless upstream headers reach the status document: ids, timings, rate limits
+    (and never the key, should the upstream echo it in one of them)."""
     return {
-        k.lower(): v
+        k.lower(): call.scrub(v)[:200]
         for k, v in headers.items()
         if k.lower() in KEPT_HEADERS or k.lower().startswith("x-ratelimit-")
     }

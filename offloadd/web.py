@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -23,19 +24,22 @@ from offloadd.access import (
     new_token,
     private_fields,
 )
+from offloadd.cluster import Housekeeping
 from offloadd.config import Config
 from offloadd.continuation import continued_messages, earlier_location
+from offloadd.endings import Endings
 from offloadd.errors import (
     ApiError,
     BadRequest,
     MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
+    RequestTimeout,
     Unauthorized,
     Unavailable,
     UnsupportedMediaType,
 )
-from offloadd.keys import Charge, KeyStore, SQLiteKeys, load_plans
+from offloadd.keys import KeyStore, SQLiteKeys, load_plans
 from offloadd.layout import READ_PREFIXES, ROUTE, Location
 from offloadd.metrics import Metrics
 from offloadd.mock import make_mock_app
@@ -60,26 +64,41 @@ RUNNER = web.AppKey("runner", Runner)
 UPSTREAM_URL = web.AppKey("upstream_url", str)
 KEYS = web.AppKey("keys", KeyStore)
 METRICS = web.AppKey("metrics", Metrics)
+ON_FATAL = web.AppKey("on_fatal", Callable[[str], None])
 STATIC = "offloadd.static"  # a response that nginx completes from a file
 
 STATIC_DIR = Path(__file__).parent / "static"
 MOCK_KEY = "offloadd-mock-key"
+# host[:port] as a URL may hold it: a name, an IPv4 address or a bracketed IPv6 one
+HOST = re.compile(
+    r"(?:[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\])(?::\d{1,5})?"
+)
 HTTP_CODES = {
     404: NotFound("no such endpoint or conversation"),
     405: MethodNotAllowed("this method is not allowed here"),
 }
 
 
-def make_app(config: Config) -> web.Application:
-    """The daemon: create endpoints, reading URLs, and the tasks that run requests."""
+def make_app(
+    config: Config,
+    keys: KeyStore | None = None,
+    on_fatal: Callable[[str], None] = lambda task_name: None,
+) -> web.Application:
+    """The daemon: create endpoints, reading URLs, and the tasks that run requests.
+    `keys` is the key store (SQLite under the data directory unless given); `on_fatal` is
+    called when a background task dies."""
     app = web.Application(
         middlewares=[cors_middleware, error_middleware], client_max_size=config.max_body_bytes
     )
     app[CONFIG] = config
     app[STORE] = Store(config.data)
     app[METRICS] = Metrics()
+    app[ON_FATAL] = on_fatal
     if config.auth:
-        app.cleanup_ctx.append(_keys_ctx)
+        if keys is not None:
+            app[KEYS] = keys
+        else:
+            app.cleanup_ctx.append(_keys_ctx)
     app.cleanup_ctx.append(_upstream_ctx)
     app.cleanup_ctx.append(_runner_ctx)
     app.on_shutdown.append(_shutdown)
@@ -138,14 +157,16 @@ async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
             config.webhook_max_seconds,
             config.webhook_backoff,
         )
-        app[RUNNER] = Runner(
+        runner = app[RUNNER] = Runner(
             app[STORE],
             Upstream(session, url, config.upstream_retries, config.upstream_retry_max_wait),
             config,
+            endings=Endings(app[STORE], config.retry_ms),
             webhooks=webhooks,
             registry=Registry(config.data, config.owner_stale_seconds),
             metrics=app[METRICS],
         )
+        app[METRICS].running = lambda: runner.running
         yield
     if mock_runner:
         await mock_runner.cleanup()
@@ -157,13 +178,21 @@ async def _runner_ctx(app: web.Application) -> AsyncIterator[None]:
     hub = app[HUB] = Hub(
         config.poll_interval, config.keepalive_seconds, config.retry_ms, app[METRICS]
     )
-    app[RUNNER].on_append = hub.poke
-    tasks = [
-        asyncio.create_task(hub.run(), name="offloadd-hub"),
-        asyncio.create_task(app[RUNNER].maintain(), name="offloadd-maintain"),
-    ]
+    runner = app[RUNNER]
+    runner.on_append = hub.poke
+    housekeeping = Housekeeping(
+        runner.registry,
+        app[STORE],
+        runner.endings,
+        config,
+        running=runner.running_ids,
+        stop=runner.cancel,
+        poke=hub.poke,
+    )
+    jobs = {"offloadd-hub": hub.run(), "offloadd-housekeeping": housekeeping.run()}
     if config.retention_seconds:
-        tasks.append(asyncio.create_task(_retention(config), name="offloadd-retention"))
+        jobs["offloadd-retention"] = _retention(config)
+    tasks = [_supervised(app, job, name) for name, job in jobs.items()]
     yield
     for task in tasks:
         task.cancel()
@@ -171,6 +200,21 @@ async def _runner_ctx(app: web.Application) -> AsyncIterator[None]:
         with contextlib.suppress(asyncio.CancelledError):
             await task
     app[RUNNER].registry.leave()
+
+
+def _supervised(app: web.Application, job: Coroutine, name: str) -> asyncio.Task:
+    """A background task whose death is not silent: it is logged with its traceback and
+    the app's `on_fatal` is called (the daemon exits non-zero; systemd restarts it),
+    rather than serving half-alive with readers that hang."""
+    task = asyncio.create_task(job, name=name)
+
+    def check(task: asyncio.Task) -> None:
+        if not task.cancelled() and (error := task.exception()) is not None:
+            log.critical("background task %s died", name, exc_info=error)
+            app[ON_FATAL](name)
+
+    task.add_done_callback(check)
+    return task
 
 
 async def _retention(config: Config) -> None:
@@ -290,8 +334,15 @@ def public_base(request: web.Request) -> str:
     config = request.app[CONFIG]
     if config.public_url:
         return config.public_url.rstrip("/")
-    proto = request.headers.get("X-Forwarded-Proto", request.scheme).split(",")[0].strip()
-    host = request.headers.get("X-Forwarded-Host", request.host).split(",")[0].strip()
+    proto, host = request.scheme, request.host
+    allowed = config.forwarded_allow_ips
+    if "*" in allowed or request.remote in allowed:
+        proto = request.headers.get("X-Forwarded-Proto", proto).split(",")[0].strip()
+        host = request.headers.get("X-Forwarded-Host", host).split(",")[0].strip()
+    if proto not in ("http", "https"):
+        proto = request.scheme
+    if not HOST.fullmatch(host):
+        raise BadRequest("the request's host is not a valid host name", code="invalid_host")
     return f"{proto}://{host}"
 
 
@@ -356,13 +407,23 @@ async def _create(request: web.Request) -> web.Response:
     if caller:
         await request.app[KEYS].check(caller)
     _check_json(request)
-    chat = parse_body(await request.read(), config)
-    options, parameters = chat.options, chat.parameters
+    chat = parse_body(await _body(request, config), config)
+    options = chat.options
     key = upstream_key(request)
     base = public_base(request)
     earlier = _earlier(request, base, options) if options.from_status_url else None
     webhook = options.webhook_url and runner.webhooks.check_url(options.webhook_url)
     charge = await request.app[KEYS].charge(caller) if caller else None
+    try:
+        return await _start(request, chat, key, base, earlier, webhook, charge)
+    except BaseException:  # nothing that was not started is counted against the quota
+        if charge:
+            await request.app[KEYS].refund(charge)
+        raise
+
+
+async def _start(request, chat, key, base, earlier, webhook, charge) -> web.Response:
+    runner, options, parameters = request.app[RUNNER], chat.options, chat.parameters
 
     access = options.access or (earlier or {}).get("authorization", {}).get("access", "public")
     token = new_token() if access == "private" else None
@@ -388,15 +449,31 @@ async def _create(request: web.Request) -> web.Response:
         doc.update(private_fields(token))
     if webhook:
         doc["webhook"] = {"url": shown_url(webhook), "status": "pending", "attempts": 0}
-    await _create_files(request, loc, doc, charge)
+    store = request.app[STORE]
+    await asyncio.to_thread(store.create, loc, doc)  # both files, or neither
     organization = request.headers.get("X-OpenAI-Organization")
     call = Call(parameters, key, organization, options.connect_timeout)
-    runner.start(loc, doc, call, chat.usage_added, options.timeout, webhook or None)
+    try:
+        runner.start(loc, doc, call, chat.usage_added, options.timeout, webhook or None)
+    except BaseException:
+        store.remove(loc)
+        raise
     answer = create_answer(doc, kind, authorization(token) if token else {"access": "public"})
     if token:
         answer["endpoints"]["bearer_token"] = token
     headers = charge.limits.headers() if charge and charge.limits else None
     return web.json_response(answer, headers=headers)
+
+
+async def _body(request: web.Request, config: Config) -> bytes:
+    """The body, if it arrives within `--body-timeout` (a slow client holds no slot forever)."""
+    try:
+        async with asyncio.timeout(config.body_timeout):
+            return await request.read()
+    except TimeoutError:
+        raise RequestTimeout(
+            f"the body did not arrive within {config.body_timeout:g} s", code="body_timeout"
+        ) from None
 
 
 def _earlier(request: web.Request, base: str, options) -> dict:
@@ -415,16 +492,6 @@ def _earlier(request: web.Request, base: str, options) -> dict:
             code="from_status_not_finished",
         )
     return doc
-
-
-async def _create_files(request: web.Request, loc: Location, doc: dict, charge: Charge | None):
-    """Both files or none; a request that could not be stored is not counted."""
-    try:
-        request.app[STORE].create(loc, doc)
-    except StorageError:
-        if charge:
-            await request.app[KEYS].refund(charge)
-        raise
 
 
 # --- reading URLs ---------------------------------------------------------------------
@@ -481,9 +548,10 @@ async def status(request: web.Request) -> web.Response:
 
 def last_event_id(request: web.Request) -> int | None:
     value = request.headers.get("Last-Event-ID") or request.query.get("last_event_id")
-    if value is None or not value.strip().isdigit():
-        return None
-    return int(value.strip())
+    value = (value or "").strip()
+    if not (value.isascii() and value.isdigit() and len(value) <= 18):
+        return None  # not an id offloadd wrote: read from the start
+    return int(value)
 
 
 async def events(request: web.Request) -> web.StreamResponse:
@@ -525,7 +593,7 @@ async def info(request: web.Request) -> web.Response:
         "version": __version__,
         "auth": config.auth,
         "default_model": config.default_model,
-        "upstream": "mock" if config.uses_mock else request.app[UPSTREAM_URL],
+        "upstream": "mock" if config.uses_mock else shown_url(request.app[UPSTREAM_URL]),
         "create": ["POST /v1/stream-chatgpt", "POST /v1/async-chatgpt"],
     }
     return web.json_response(body)

@@ -2,9 +2,10 @@
 
 Signed with HMAC-SHA256 of the body (`X-Offloadd-Signature: sha256=<hex>`),
 retried with backoff for a bounded time. A webhook never reaches loopback,
-private or link-local addresses unless the server allows it: the check is on
-the addresses the name resolves to, inside the connector's resolver, so the
-address checked is the address connected to (no DNS-rebinding gap).
+private or link-local addresses unless the server allows it: the check is made
+by the socket factory on the very address being connected (whatever form the
+URL gave it in, literal or name, and however DNS answers change), and again by
+the resolver, for a clear message.
 """
 
 from __future__ import annotations
@@ -19,12 +20,12 @@ import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
+from yarl import URL
 
 from offloadd.errors import BadRequest
 
@@ -53,11 +54,36 @@ def sign(secret: bytes, body: bytes) -> str:
     return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
 
 
+# IPv6 prefixes whose last 32 bits are an IPv4 address a packet can end up at.
+_EMBEDS_IPV4 = [
+    ipaddress.ip_network(n)
+    for n in ("::/96", "::ffff:0:0/96", "::ffff:0:0:0/96", "64:ff9b::/96", "64:ff9b:1::/48")
+]
+
+
 def is_public(address: str) -> bool:
-    ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
-        ip = ip.ipv4_mapped
-    return ip.is_global and not ip.is_multicast
+    """Whether an address is public unicast, and so is every IPv4 address it embeds."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return False
+    if not ip.is_global or ip.is_multicast:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address):
+        embedded = [ip.ipv4_mapped, ip.sixtofour, *(ip.teredo or ())]
+        if any(ip in net for net in _EMBEDS_IPV4):
+            embedded.append(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
+        return all(is_public(str(v4)) for v4 in embedded if v4 is not None)
+    return True
+
+
+def public_socket(addr_info: tuple) -> socket.socket:
+    """The connector's socket factory: refuses any address that is not public, at the
+    moment of connecting (IP literals never reach a resolver)."""
+    family, type_, proto, _, sockaddr = addr_info
+    if not is_public(str(sockaddr[0])):
+        raise OSError("the webhook address is not a public address")
+    return socket.socket(family, type_, proto)
 
 
 class PublicOnlyResolver(AbstractResolver):
@@ -80,8 +106,12 @@ class PublicOnlyResolver(AbstractResolver):
 
 def shown_url(url: str) -> str:
     """The URL without query or credentials, fit for the status document."""
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.hostname}{f':{parts.port}' if parts.port else ''}{parts.path}"
+    try:
+        return str(
+            URL(url).with_user(None).with_password(None).with_query(None).with_fragment(None)
+        )
+    except (ValueError, TypeError, UnicodeError):
+        return "(not a URL)"
 
 
 class Webhooks:
@@ -98,20 +128,34 @@ class Webhooks:
 
     @staticmethod
     def client_session(allow_private: bool) -> aiohttp.ClientSession:
-        resolver = None if allow_private else PublicOnlyResolver()
+        guard: dict = (
+            {}
+            if allow_private
+            else {
+                "resolver": PublicOnlyResolver(),
+                "socket_factory": public_socket,
+            }
+        )
         return aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(resolver=resolver, limit=50),
+            connector=aiohttp.TCPConnector(limit=50, **guard),
             timeout=aiohttp.ClientTimeout(total=10),
         )
 
     def check_url(self, url: str) -> str:
         """A usable webhook URL, or BadRequest; literal private addresses are refused here,
         names when they resolve."""
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise BadRequest("`webhook_url` must be an http(s) URL", code="invalid_webhook_url")
+        invalid = BadRequest("`webhook_url` must be an http(s) URL", code="invalid_webhook_url")
+        if not url.isprintable() or " " in url or len(url) > 2048:
+            raise invalid
+        try:  # the host as the client library will see it (fullwidth digits and all)
+            parsed = URL(url)
+            host, _ = parsed.host, parsed.port
+        except (ValueError, TypeError, UnicodeError):
+            raise invalid from None
+        if parsed.scheme not in ("http", "https") or not host:
+            raise invalid
         try:
-            literal = ipaddress.ip_address(parts.hostname)
+            literal = ipaddress.ip_address(host)
         except ValueError:
             return url
         if not self.allow_private and not is_public(str(literal)):
