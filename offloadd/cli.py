@@ -7,12 +7,13 @@ hands it to the app factory.
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 import click
 from aiohttp import web
 
+from offloadd.cli_keys import keys
+from offloadd.cli_options import DATA_OPTION
 from offloadd.config import MOCK, OPENAI_URL, Config
 from offloadd.logs import setup
 from offloadd.mock import make_mock_app
@@ -175,6 +176,34 @@ def main() -> None:
     envvar="OFFLOADD_GRACE",
     help="Seconds running requests may finish in on shutdown.",
 )
+@click.option(
+    "--forwarded-allow-ips",
+    default="127.0.0.1,::1",
+    show_default=True,
+    envvar="OFFLOADD_FORWARDED_ALLOW_IPS",
+    help="Addresses whose X-Forwarded-Host/-Proto are believed (comma-separated; * for any).",
+)
+@click.option(
+    "--header-timeout",
+    default=60.0,
+    show_default=True,
+    envvar="OFFLOADD_HEADER_TIMEOUT",
+    help="Seconds a new connection has to send its request headers.",
+)
+@click.option(
+    "--body-timeout",
+    default=60.0,
+    show_default=True,
+    envvar="OFFLOADD_BODY_TIMEOUT",
+    help="Seconds a create request has to send its body.",
+)
+@click.option(
+    "--max-connections",
+    default=10_000,
+    show_default=True,
+    envvar="OFFLOADD_MAX_CONNECTIONS",
+    help="Connections served at once per process; more are answered 503.",
+)
 @click.option("--log-level", default="INFO", show_default=True, envvar="OFFLOADD_LOG_LEVEL")
 def serve(**options) -> None:
     """Run the daemon."""
@@ -203,6 +232,10 @@ def serve(**options) -> None:
         retention_seconds=options["retention"],
         fd=options["fd"],
         unix=options["unix"],
+        forwarded_allow_ips=_origins(options["forwarded_allow_ips"]),
+        header_timeout=options["header_timeout"],
+        body_timeout=options["body_timeout"],
+        max_connections=options["max_connections"],
     )
     run(config)
 
@@ -259,100 +292,7 @@ def mock_upstream(host: str, port: int) -> None:
 
 # --- keys -------------------------------------------------------------------------------
 
-DATA_OPTION = click.option(
-    "--data",
-    type=click.Path(file_okay=False, path_type=Path),
-    default="./data",
-    show_default=True,
-    envvar="OFFLOADD_DATA",
-    help="Data directory (holds the key database).",
-)
-PLANS_OPTION = click.option(
-    "--plans",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    envvar="OFFLOADD_PLANS",
-    help="Plans file (TOML or JSON).",
-)
-
-
-def _keys(data: Path, plans: Path | None):
-    from offloadd.keys import SQLiteKeys, load_plans
-
-    return SQLiteKeys(data, load_plans(plans))
-
-
-def _when(ts: float | None) -> str:
-    return time.strftime("%Y-%m-%d %H:%M", time.gmtime(ts)) if ts else "-"
-
-
-@main.group()
-def keys() -> None:
-    """Manage offloadd API keys (stored only as hashes)."""
-
-
-@keys.command("create")
-@click.option("--name", required=True, help="A name for the key's owner.")
-@click.option("--plan", default="free", show_default=True, help="Plan: free, unlimited, …")
-@DATA_OPTION
-@PLANS_OPTION
-def keys_create(name: str, plan: str, data: Path, plans: Path | None) -> None:
-    """Create a key; it is shown once, on the last line."""
-    store = _keys(data, plans)
-    try:
-        key = store.create(name, plan)
-    except ValueError as e:
-        raise click.ClickException(str(e)) from None
-    finally:
-        store.close()
-    click.echo(f"Created key {name!r} on plan {plan!r}. It is shown only now; keep it safe:")
-    click.echo(key)
-
-
-@keys.command("list")
-@DATA_OPTION
-@PLANS_OPTION
-def keys_list(data: Path, plans: Path | None) -> None:
-    """List keys: name, prefix, plan, created, last used, requests this month."""
-    store = _keys(data, plans)
-    rows = store.list()
-    store.close()
-    click.echo(
-        f"{'NAME':<20} {'PREFIX':<12} {'PLAN':<10} {'CREATED':<16} {'LAST USED':<16} "
-        f"{'MONTH':>6}  STATE"
-    )
-    for r in rows:
-        state = "revoked" if r["revoked_at"] else "active"
-        click.echo(
-            f"{r['name']:<20} {r['prefix']:<12} {r['plan']:<10} {_when(r['created_at']):<16} "
-            f"{_when(r['last_used_at']):<16} {r['month']:>6}  {state}"
-        )
-
-
-@keys.command("revoke")
-@click.argument("name_or_prefix")
-@DATA_OPTION
-def keys_revoke(name_or_prefix: str, data: Path) -> None:
-    """Revoke a key by its name or its prefix."""
-    store = _keys(data, None)
-    count = store.revoke(name_or_prefix)
-    store.close()
-    if not count:
-        raise click.ClickException(f"no active key named or prefixed {name_or_prefix!r}")
-    click.echo(f"revoked {count} key(s)")
-
-
-@keys.command("usage")
-@DATA_OPTION
-def keys_usage(data: Path) -> None:
-    """Requests per key and month."""
-    store = _keys(data, None)
-    rows = store.usage()
-    store.close()
-    click.echo(f"{'MONTH':<8} {'NAME':<20} {'PREFIX':<12} {'PLAN':<10} {'REQUESTS':>8}")
-    for r in rows:
-        click.echo(
-            f"{r['period']:<8} {r['name']:<20} {r['prefix']:<12} {r['plan']:<10} {r['requests']:>8}"
-        )
+main.add_command(keys)
 
 
 @main.command("webhook-secret")

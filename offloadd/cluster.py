@@ -61,13 +61,21 @@ class Housekeeping:
         """(In a worker thread.) What the disk refused before, then every request whose
         owner is dead (each is taken by one daemon only); the locations it ended."""
         ended = self.endings.retry() if self.endings else []
-        for loc in self.registry.orphans():
+        try:
+            orphans = self.registry.orphans()
+        except OSError as e:  # a shared filesystem's hiccup: try again at the next sweep
+            log.error("cannot look for orphaned requests: %s", e)
+            return ended
+        for loc in orphans:
             try:
                 if self.end_orphan(loc):
                     ended.append(loc)
             except (OSError, StorageError) as e:
                 log.error("request %s: could not end it after its daemon died: %s", loc.rel, e)
-        self.registry.forget_dead_owners()
+        try:
+            self.registry.forget_dead_owners()
+        except OSError as e:
+            log.error("cannot forget dead daemons: %s", e)
         return ended
 
     def end_orphan(self, loc: Location) -> bool:

@@ -23,6 +23,7 @@ from pathlib import Path
 import orjson
 
 from offloadd.layout import Location
+from offloadd.store import StorageError
 
 
 class Registry:
@@ -50,7 +51,10 @@ class Registry:
 
     def claim(self, loc: Location) -> None:
         marker = orjson.dumps({"rel": loc.rel, "owner": self.owner})
-        (self.root / "run" / loc.uuid).write_bytes(marker)
+        try:
+            (self.root / "run" / loc.uuid).write_bytes(marker)
+        except OSError as e:
+            raise StorageError(f"cannot write the run marker: {e.strerror or e}") from e
 
     def release(self, loc: Location) -> None:
         (self.root / "run" / loc.uuid).unlink(missing_ok=True)

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from aiohttp import web
 
 from offloadd.config import Config
+from offloadd.guard import GuardedRunner, Limits
 from offloadd.logs import AccessLogger
 
 log = logging.getLogger("offloadd.server")
@@ -46,31 +47,51 @@ def listen_socket(config: Config) -> socket.socket:
 
 
 def serve_one(config: Config, sock: socket.socket, announce: Callable[[], None] | None) -> None:
-    """One process serving until SIGINT or SIGTERM."""
-    from offloadd.web import make_app
-
+    """One process serving until SIGINT or SIGTERM (or until a background task dies)."""
     _use_uvloop()
     # Thousands of open streams make a large, long-lived heap; the default thresholds
     # would scan it all again and again while connections come and go.
     gc.freeze()
     gc.set_threshold(50_000, 20, 100)
     fatal: list[str] = []
+    asyncio.run(_serve(config, sock, announce, fatal))
+    if fatal:
+        raise SystemExit(f"offloadd: background task {fatal[0]} died; see the log")
+
+
+async def _serve(
+    config: Config, sock: socket.socket, announce: Callable[[], None] | None, fatal: list[str]
+) -> None:
+    from offloadd.web import make_app
+
+    stop = asyncio.Event()
 
     def on_fatal(task_name: str) -> None:  # shut down as on SIGTERM, then exit non-zero
         fatal.append(task_name)
-        signal.raise_signal(signal.SIGTERM)
+        stop.set()
 
-    web.run_app(
+    runner = GuardedRunner(
         make_app(config, on_fatal=on_fatal),
-        sock=sock,
-        print=(lambda _: announce()) if announce else None,
+        Limits(config.header_timeout, config.max_connections),
         access_log_class=AccessLogger,
         access_log=logging.getLogger("offloadd.access"),
         handler_cancellation=True,
+        # After an answer to a body that never came, read what trickles in for 2 s at
+        # most (aiohttp's default is 10 s) so the client gets the answer, not a reset.
+        lingering_time=2.0,
         shutdown_timeout=config.grace_seconds + 5,
     )
-    if fatal:
-        raise SystemExit(f"offloadd: background task {fatal[0]} died; see the log")
+    await runner.setup()
+    try:
+        await web.SockSite(runner, sock).start()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        if announce:
+            announce()
+        await stop.wait()
+    finally:
+        await runner.cleanup()
 
 
 def serve(config: Config, announce: Callable[[], None]) -> None:

@@ -20,7 +20,11 @@ FUZZ = settings(
     max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 JSON = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.floats(allow_nan=False) | st.text(max_size=8),
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**63 - 1)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=8),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner),
     max_leaves=12,
 )
@@ -244,3 +248,82 @@ class TestForwardedHeaders:
             headers={"X-Forwarded-Host": "offloadd.example", "X-Forwarded-Proto": "javascript"}
         )
         assert answer["endpoints"]["status_url"].startswith("http://offloadd.example/")
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 1 MiB tmpfs, to fill up for real."""
+    import subprocess
+
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)])
+    if done.returncode != 0:
+        pytest.skip("mounting a tmpfs is not allowed here (needs root or CAP_SYS_ADMIN)")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+class TestAFullDisk:
+    async def test_ends_storage_error_then_reaches_its_final_state_once_space_is_back(
+        self, small_disk, make_api
+    ):
+        import asyncio
+
+        data = small_disk / "data"
+        api = await make_api(data=data, orphan_sweep_seconds=0.2)
+        filler = small_disk / "filler"
+        filler.write_bytes(b"x" * (1024 * 1024 - 160 * 1024))  # leave ~160 KiB
+        urls = (await api.create(model="mock?tokens=100000&delay_ms=0"))["endpoints"]
+        reader = asyncio.create_task(api.events(urls["stream_events_url"]))
+        doc = await api.wait_status(urls["status_url"], "error", "done", timeout=30)
+        assert doc["error"]["code"] == "storage_error"
+
+        before = files_under(data)  # a create on the full disk: 503, nothing left behind
+        resp = await api.client.post(
+            "/v1/stream-chatgpt", json=SEED_BODY, headers={"X-OpenAI-API-Key": OPENAI_KEY}
+        )
+        assert resp.status == 503
+        assert (await resp.json())["error"]["code"] == "storage_unavailable"
+        assert files_under(data) == before
+
+        filler.unlink()  # space is back: the final state is written, the reader released
+        events = await asyncio.wait_for(reader, 15)
+        assert how_it_ended(events)["error"]["code"] == "storage_error"
+        rel = urls["status_url"].split("/1/r/", 1)[1]
+        async with asyncio.timeout(10):  # the document on disk follows at the next retry
+            while orjson.loads((data / rel).read_bytes())["status"] != "error":
+                await asyncio.sleep(0.05)
+
+
+class TestIdempotencyKey:
+    async def test_a_retry_gets_the_first_answer_and_no_second_model_call(self, api):
+        headers = {"Idempotency-Key": "order-42"}
+        first = await api.create(model="mock?tokens=3", headers=headers)
+        again = await api.create(model="mock?tokens=3", headers=headers)
+        assert again == first
+        assert len(await api.upstream_requests()) == 1
+        other = await api.create(model="mock?tokens=3", headers={"Idempotency-Key": "order-43"})
+        assert other["conversation_id"] != first["conversation_id"]
+
+    async def test_a_private_retry_gets_a_token_that_opens_it(self, api, data_dir):
+        headers = {"Idempotency-Key": "private-1"}
+        first = await api.create(model="mock?tokens=3", access="private", headers=headers)
+        again = await api.create(model="mock?tokens=3", access="private", headers=headers)
+        assert again == first
+        token = again["authorization"]["bearer_token"]
+        auth = {"Authorization": f"Bearer {token}"}
+        resp = await api.get(again["endpoints"]["status_url"], headers=auth)
+        assert resp.status == 200
+        on_disk = b"".join(p.read_bytes() for p in data_dir.rglob("*") if p.is_file())
+        assert token.encode() not in on_disk  # only its hash is kept
+
+    async def test_the_same_key_with_another_body_is_refused(self, api):
+        await api.create(model="mock?tokens=3", headers={"Idempotency-Key": "k"})
+        resp = await api.client.post(
+            "/v1/stream-chatgpt",
+            json={**SEED_BODY, "model": "mock?tokens=4"},
+            headers={"X-OpenAI-API-Key": OPENAI_KEY, "Idempotency-Key": "k"},
+        )
+        assert resp.status == 422
+        assert (await resp.json())["error"]["code"] == "idempotency_key_reused"

@@ -1,0 +1,302 @@
+"""The HTTP handlers: each only translates between HTTP and a use case (create, read, stop)."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from pathlib import Path
+
+import orjson
+from aiohttp import web
+
+from offloadd import __version__
+from offloadd.access import (
+    TOKEN_QUERY,
+    any_allows,
+)
+from offloadd.appkeys import (
+    CONFIG,
+    CREATOR,
+    HUB,
+    METRICS,
+    RUNNER,
+    STATIC,
+    STORE,
+    UPSTREAM_URL,
+)
+from offloadd.config import Config
+from offloadd.create import NewRequest
+from offloadd.errors import (
+    ApiError,
+    BadRequest,
+    NotFound,
+    PayloadTooLarge,
+    RequestTimeout,
+    Unauthorized,
+    UnsupportedMediaType,
+)
+from offloadd.layout import Location
+from offloadd.middleware import cors_headers
+from offloadd.openapi import document
+from offloadd.status import TERMINAL, public_view
+from offloadd.store import StorageError
+from offloadd.stream import respond
+from offloadd.transcript import finished
+from offloadd.validate import parse_body
+from offloadd.webhooks import shown_url
+
+STATIC_DIR = Path(__file__).parent / "static"
+STATIC_FILES = frozenset(p.name for p in STATIC_DIR.iterdir() if p.is_file())
+MOCK_KEY = "offloadd-mock-key"
+# host[:port] as a URL may hold it: a name, an IPv4 address or a bracketed IPv6 one
+HOST = re.compile(
+    r"(?:[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\])(?::\d{1,5})?"
+)
+
+
+# --- create ---------------------------------------------------------------------------
+
+
+def public_base(request: web.Request) -> str:
+    """The base of the URLs handed out: `--public-url`, else what the client reached."""
+    config = request.app[CONFIG]
+    if config.public_url:
+        return config.public_url.rstrip("/")
+    proto, host = request.scheme, request.host
+    allowed = config.forwarded_allow_ips
+    if "*" in allowed or request.remote in allowed:
+        proto = request.headers.get("X-Forwarded-Proto", proto).split(",")[0].strip()
+        host = request.headers.get("X-Forwarded-Host", host).split(",")[0].strip()
+    if proto not in ("http", "https"):
+        proto = request.scheme
+    if not HOST.fullmatch(host):
+        raise BadRequest("the request's host is not a valid host name", code="invalid_host")
+    return f"{proto}://{host}"
+
+
+def upstream_key(request: web.Request) -> str:
+    config = request.app[CONFIG]
+    key = request.headers.get("X-OpenAI-API-Key") or config.upstream_key
+    if not key and config.uses_mock:
+        key = MOCK_KEY
+    if not key:
+        raise Unauthorized(
+            "send your OpenAI key in the `X-OpenAI-API-Key` header "
+            "(this server has no upstream key of its own)",
+            code="missing_openai_key",
+        )
+    return key
+
+
+def api_key(request: web.Request) -> str:
+    """The caller's offloadd key, from any header the original's clients may use."""
+    headers = request.headers
+    bearer = headers.get("Authorization", "")
+    key = headers.get("X-RapidAPI-Key") or headers.get("X-API-Key")
+    if not key and bearer[:7].lower() == "bearer ":
+        key = bearer[7:].strip()
+    if not key:
+        raise Unauthorized(
+            "send your offloadd API key in `X-API-Key` (or `X-RapidAPI-Key`, or "
+            "`Authorization: Bearer`); make one with `offloadd keys create`",
+            code="missing_api_key",
+        )
+    return key
+
+
+def _check_json(request: web.Request) -> None:
+    if request.content_type != "application/json" and not request.content_type.endswith("+json"):
+        raise UnsupportedMediaType("send the body as JSON with `Content-Type: application/json`")
+    limit = request.app[CONFIG].max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(f"the body is larger than {limit} bytes")
+
+
+async def create(request: web.Request) -> web.Response:
+    """Store the request, start its upstream call in a task, answer with its URLs at once."""
+    counted = request.app[METRICS].created
+    try:
+        response = await _create(request)
+    except ApiError as e:
+        counted[request.path, e.code] += 1
+        raise
+    except StorageError:
+        counted[request.path, "storage_unavailable"] += 1
+        raise
+    counted[request.path, "accepted"] += 1
+    return response
+
+
+async def _create(request: web.Request) -> web.Response:
+    """Translate the HTTP request into a `NewRequest`; the rules live in `create.py`."""
+    config, creator = request.app[CONFIG], request.app[CREATOR]
+    caller = api_key(request) if config.auth else None
+    await creator.admit(caller)
+    _check_json(request)
+    body = await _body(request, config)
+    new = NewRequest(
+        kind=1 if request.path == "/v1/stream-chatgpt" else 2,
+        body=body,
+        chat=parse_body(body, config),
+        upstream_key=upstream_key(request),
+        organization=request.headers.get("X-OpenAI-Organization"),
+        base_url=public_base(request),
+        caller=caller,
+        created_at=time.time(),
+        idempotency_key=request.headers.get("Idempotency-Key"),
+    )
+    created = await creator.create(new)
+    return web.json_response(created.answer, headers=created.headers)
+
+
+async def _body(request: web.Request, config: Config) -> bytes:
+    """The body, if it arrives within `--body-timeout` (a slow client holds no slot forever)."""
+    try:
+        async with asyncio.timeout(config.body_timeout):
+            return await request.read()
+    except TimeoutError:
+        raise RequestTimeout(
+            f"the body did not arrive within {config.body_timeout:g} s", code="body_timeout"
+        ) from None
+
+
+# --- reading URLs ---------------------------------------------------------------------
+
+
+def locate(request: web.Request) -> Location:
+    info = request.match_info
+    loc = Location.parse(info["scope"], info["stamp"], info["uuid"])
+    if loc is None:
+        raise NotFound("no such conversation")
+    return loc
+
+
+def tokens(request: web.Request, query_too: bool = False) -> list[str]:
+    """Every token the caller sent. An SDK sends `Authorization: Bearer <its api key>` on
+    every request, so a wrong header must not hide a right `?token=`."""
+    found = []
+    value = request.headers.get("Authorization", "")
+    if value[:7].lower() == "bearer ":
+        found.append(value[7:].strip())
+    if query_too and (query := request.query.get(TOKEN_QUERY)):
+        found.append(query)
+    return found
+
+
+def conversation(request: web.Request, query_token: bool = False) -> tuple[Location, dict]:
+    """The conversation a reading URL names, if the caller may see it; 404 otherwise,
+    so a private conversation's existence is not revealed."""
+    loc = locate(request)
+    doc = request.app[RUNNER].document(loc)  # one read: a missing file is a missing document
+    if doc is None or not any_allows(doc, tokens(request, query_token)):
+        raise NotFound("no such conversation")
+    return loc, doc
+
+
+def accel(request: web.Request, loc: Location, suffix: str) -> web.Response | None:
+    """Hand a finished public file to nginx, which sends it as a static file."""
+    prefix = request.app[CONFIG].accel_redirect
+    if not prefix or loc.scope != "pub":
+        return None
+    response = web.Response(headers={"X-Accel-Redirect": f"{prefix.rstrip('/')}/{loc.rel}{suffix}"})
+    response[STATIC] = True  # nginx's location adds the CORS headers
+    return response
+
+
+async def status(request: web.Request) -> web.Response:
+    loc, doc = conversation(request)
+    if doc["status"] in TERMINAL and loc.uuid not in request.app[RUNNER].runs:
+        if response := accel(request, loc, ".json"):
+            return response
+    doc = request.app[RUNNER].with_answer(loc, doc)
+    return web.json_response(public_view(doc), dumps=_dumps)
+
+
+def last_event_id(request: web.Request) -> int | None:
+    value = request.headers.get("Last-Event-ID") or request.query.get("last_event_id")
+    value = (value or "").strip()
+    if not (value.isascii() and value.isdigit() and len(value) <= 18):
+        return None  # not an id offloadd wrote: read from the start
+    return int(value)
+
+
+async def events(request: web.Request) -> web.StreamResponse:
+    loc, _ = conversation(request, query_token=True)
+    path = request.app[STORE].txt_path(loc)
+    resume = last_event_id(request)
+    if resume is None and request.app[CONFIG].accel_redirect and finished(path):
+        if response := accel(request, loc, ".txt"):
+            return response
+    return await respond(request, request.app[HUB], path, resume, cors_headers(request))
+
+
+async def stop(request: web.Request) -> web.Response:
+    loc, _ = conversation(request)
+    doc = await request.app[RUNNER].stop(loc)
+    answer = {
+        "status": "success",
+        "conversation_id": doc["conversation_id"],
+        "conversation_status": doc["status"],
+    }
+    if doc["status"] not in TERMINAL:
+        answer["stop_requested"] = True
+    return web.json_response(answer)
+
+
+# --- the rest -------------------------------------------------------------------------
+
+
+async def static_file(request: web.Request) -> web.FileResponse:
+    """The page's own files, and nothing else under `static/`."""
+    name = request.match_info["name"]
+    if name not in STATIC_FILES:
+        raise NotFound("no such file")
+    return web.FileResponse(STATIC_DIR / name)
+
+
+async def page(request: web.Request) -> web.FileResponse:
+    """The chat page: try the service in a browser."""
+    return web.FileResponse(STATIC_DIR / "index.html")
+
+
+async def info(request: web.Request) -> web.Response:
+    """What a client needs to know before its first request."""
+    config = request.app[CONFIG]
+    body = {
+        "name": "offloadd",
+        "version": __version__,
+        "auth": config.auth,
+        "default_model": config.default_model,
+        "upstream": "mock" if config.uses_mock else shown_url(request.app[UPSTREAM_URL]),
+        "create": ["POST /v1/stream-chatgpt", "POST /v1/async-chatgpt"],
+    }
+    return web.json_response(body)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    text = request.app[METRICS].render()
+    return web.Response(
+        text=text,
+        content_type="text/plain",
+        charset="utf-8",
+        headers={"X-Content-Type-Options": "nosniff"},
+    )
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return web.json_response(document(), headers={"Access-Control-Allow-Origin": "*"})
+
+
+async def healthz(request: web.Request) -> web.Response:
+    runner = request.app[RUNNER]
+    body = {
+        "status": "shutting_down" if runner.closing else "ok",
+        "running": len(runner.runs),
+        "daemon": runner.registry.owner,
+    }
+    return web.json_response(body, status=503 if runner.closing else 200)
+
+
+def _dumps(obj: object) -> str:
+    return orjson.dumps(obj).decode()

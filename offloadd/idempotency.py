@@ -1,0 +1,143 @@
+"""`Idempotency-Key`: a create retried with the same key (per API key, within 24 h) gets the
+first answer again instead of a second model call — a PHP back end that retries after a
+timeout must not pay twice.
+
+Records are files beside the conversations, so every daemon on the directory sees them:
+
+    DATA/.offloadd/idempotency/<sha256(caller, key)>    {"state", "body_sha256", "answer", …}
+
+A private request's bearer token is never stored: it is derived from the server's secret
+and the idempotency key (HMAC), so the replay can hand out the same token again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import orjson
+
+from offloadd.errors import ApiError, BadRequest
+
+TTL = 24 * 3600.0
+WAIT_FOR_FIRST = 5.0  # seconds a retry waits for the first request's answer
+
+
+class Conflict(ApiError):
+    status = 409
+    code = "idempotency_conflict"
+
+
+class Unprocessable(ApiError):
+    status = 422
+    code = "idempotency_key_reused"
+
+
+class Idempotency:
+    def __init__(self, data: Path, secret: Callable[[], bytes]):
+        self.root = data / ".offloadd" / "idempotency"
+        self._secret = secret
+
+    def _path(self, caller: str, key: str) -> Path:
+        return self.root / hashlib.sha256(f"{caller}\0{key}".encode()).hexdigest()
+
+    def token(self, caller: str, key: str) -> str:
+        """The bearer token a private request made under this key gets, every time."""
+        digest = hmac.new(self._secret(), f"token\0{caller}\0{key}".encode(), hashlib.sha256)
+        return digest.hexdigest()
+
+    async def begin(self, caller: str, key: str, body: bytes) -> dict | None:
+        """The first answer when this key was used before (None: go ahead; this request
+        now holds the key until `finish` or `abandon`)."""
+        if not (0 < len(key) <= 255 and key.isascii() and key.isprintable()):
+            raise BadRequest(
+                "`Idempotency-Key` must be 1 to 255 printable ASCII characters",
+                code="invalid_idempotency_key",
+            )
+        path, body_hash = self._path(caller, key), hashlib.sha256(body).hexdigest()
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + WAIT_FOR_FIRST
+        while True:
+            record = await asyncio.to_thread(self._reserve, path, body_hash)
+            if record is None:
+                return None
+            if record["body_sha256"] != body_hash:
+                raise Unprocessable("this `Idempotency-Key` was used with a different request body")
+            if record["state"] == "done":
+                return record["answer"]
+            if loop.time() >= give_up:
+                raise Conflict("a request with this `Idempotency-Key` is still being created")
+            await asyncio.sleep(0.05)
+
+    def _reserve(self, path: Path, body_hash: str) -> dict | None:
+        """Make the record (None), or read the one that exists (expired ones are replaced)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        pending = {"state": "pending", "body_sha256": body_hash, "at": time.time()}
+        for _ in range(3):
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:
+                record = _read(path)
+                if record is not None and time.time() - record.get("at", 0) < TTL:
+                    return record
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()  # expired (or torn): take the key anew
+                continue
+            with os.fdopen(fd, "wb") as f:
+                f.write(orjson.dumps(pending))
+            return None
+        return _read(path)
+
+    async def finish(self, caller: str, key: str, body: bytes, answer: dict) -> None:
+        """Keep the answer (without any bearer token) for the retries to come."""
+        stored = _without_tokens(answer)
+        record = {
+            "state": "done",
+            "body_sha256": hashlib.sha256(body).hexdigest(),
+            "at": time.time(),
+            "answer": stored,
+        }
+        await asyncio.to_thread(_replace, self._path(caller, key), orjson.dumps(record))
+
+    async def abandon(self, caller: str, key: str) -> None:
+        """The create failed: a retry with this key may try again."""
+        with contextlib.suppress(FileNotFoundError):
+            await asyncio.to_thread(self._path(caller, key).unlink)
+
+
+def with_token(answer: dict, token: str) -> dict:
+    """A stored answer with the (derived) bearer token put back where the original has it."""
+    answer = orjson.loads(orjson.dumps(answer))
+    if answer["authorization"].get("access") == "private":
+        answer["authorization"]["bearer_token"] = token
+        answer["authorization"]["stream_url_arg"] = f"token={token}"
+        answer["endpoints"]["bearer_token"] = token
+    return answer
+
+
+def _without_tokens(answer: dict) -> dict:
+    answer = orjson.loads(orjson.dumps(answer))
+    answer["authorization"].pop("bearer_token", None)
+    answer["authorization"].pop("stream_url_arg", None)
+    answer["endpoints"].pop("bearer_token", None)
+    return answer
+
+
+def _read(path: Path) -> dict | None:
+    try:
+        record = orjson.loads(path.read_bytes())
+    except (FileNotFoundError, orjson.JSONDecodeError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _replace(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
