@@ -36,7 +36,7 @@ def allows(doc: dict, token: str | None) -> bool:
     if (doc.get("authorization") or {}).get("access") != "private":
         return True
     expected = (doc.get("_offloadd") or {}).get("token_sha256", "")
-    return bool(token) and hmac.compare_digest(token_hash(token), expected)
+    return token is not None and hmac.compare_digest(token_hash(token), expected)
 
 
 def any_allows(doc: dict, tokens: list[str]) -> bool:

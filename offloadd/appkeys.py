@@ -22,6 +22,6 @@ UPSTREAM_URL = web.AppKey("upstream_url", str)
 KEYS = web.AppKey("keys", KeyStore)
 METRICS = web.AppKey("metrics", Metrics)
 CREATOR = web.AppKey("creator", Creator)
-ON_FATAL = web.AppKey("on_fatal", Callable[[str], None])
+ON_FATAL: web.AppKey[Callable[[str], None]] = web.AppKey("on_fatal")
 
 STATIC = "offloadd.static"  # a response that nginx completes from a file

@@ -234,6 +234,8 @@ async def events(request: web.Request) -> web.StreamResponse:
 async def stop(request: web.Request) -> web.Response:
     loc, _ = conversation(request)
     doc = await request.app[RUNNER].stop(loc)
+    if doc is None:  # removed meanwhile (retention)
+        raise NotFound("no such conversation")
     answer = {
         "status": "success",
         "conversation_id": doc["conversation_id"],

@@ -11,6 +11,7 @@ for display. Across hosts, use a real database server behind the same
 from __future__ import annotations
 
 import asyncio
+import builtins
 import calendar
 import hashlib
 import json
@@ -85,7 +86,7 @@ class Charge:
 
 def load_plans(path: Path | None) -> dict[str, Plan]:
     """Plans from a TOML or JSON file (`[free] monthly = 1000, per_minute = 10`), else defaults."""
-    raw = DEFAULT_PLANS
+    raw: dict = DEFAULT_PLANS
     if path is not None:
         text = path.read_text()
         raw = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
@@ -259,7 +260,7 @@ class SQLiteKeys:
         names = ("name", "prefix", "plan", "created_at", "last_used_at", "revoked_at", "month")
         return [dict(zip(names, row, strict=True)) for row in rows]
 
-    def usage(self) -> list[dict]:
+    def usage(self) -> builtins.list[dict]:
         rows = (
             self.db()
             .execute(

@@ -43,8 +43,9 @@ async def error_middleware(request: web.Request, handler) -> web.StreamResponse:
         log.error("storage: %s", e)
         return error_response(503, "storage_unavailable", f"the server cannot store data: {e}")
     except web.HTTPRequestEntityTooLarge:
-        e = PayloadTooLarge(f"the body is larger than {request.app[CONFIG].max_body_bytes} bytes")
-        return error_response(e.status, e.code, e.message)
+        limit = request.app[CONFIG].max_body_bytes
+        too_large = PayloadTooLarge(f"the body is larger than {limit} bytes")
+        return error_response(too_large.status, too_large.code, too_large.message)
     except web.HTTPException as e:
         if e.status < 400:
             raise

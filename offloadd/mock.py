@@ -200,7 +200,7 @@ async def _stream(
     )
     await response.prepare(request)
     cid, model = f"chatcmpl-{uuid.uuid4().hex[:24]}", entry.model
-    chunks = [_chunk(cid, model, {"role": "assistant", "content": ""})]
+    chunks: list[dict | None] = [_chunk(cid, model, {"role": "assistant", "content": ""})]
     if body_tools := entry.body.get("tools"):
         chunks += _tool_call_chunks(cid, model, body_tools, words)
     else:
@@ -212,7 +212,8 @@ async def _stream(
         await asyncio.sleep(behaviour.wait_ms / 1000)
     for i, chunk in enumerate(chunks):
         if _fault(behaviour, entry.chunks_sent) == "disconnect":
-            request.transport and request.transport.abort()
+            if request.transport:
+                request.transport.abort()
             entry.finished = True
             return response
         if _fault(behaviour, entry.chunks_sent) == "stall":

@@ -45,7 +45,7 @@ class Run:
     cancel_reason: str = "stop"
     task: asyncio.Task | None = None
     webhook_url: str | None = None
-    path: Path | None = None  # of the `.txt`, for the readers' hub
+    path: Path = Path()  # of the `.txt`, for the readers' hub
 
 
 class Runner:

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Coroutine
+from pathlib import Path
 
 import aiohttp
 from aiohttp import web
@@ -175,7 +176,7 @@ async def _runner_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     jobs = {"offloadd-hub": hub.run(), "offloadd-housekeeping": housekeeping.run()}
     if config.retention_seconds:
-        jobs["offloadd-retention"] = _retention(config)
+        jobs["offloadd-retention"] = _retention(config.data, config.retention_seconds)
     tasks = [_supervised(app, job, name) for name, job in jobs.items()]
     yield
     for task in tasks:
@@ -201,13 +202,13 @@ def _supervised(app: web.Application, job: Coroutine, name: str) -> asyncio.Task
     return task
 
 
-async def _retention(config: Config) -> None:
+async def _retention(data: Path, seconds: float) -> None:
     """Apply `--retention` at start and then every hour (or sooner for short retentions)."""
     while True:
-        removed = await asyncio.to_thread(collect, config.data, config.retention_seconds)
+        removed = await asyncio.to_thread(collect, data, seconds)
         if removed:
             log.info("retention: removed %d conversation(s)", len(removed))
-        await asyncio.sleep(min(3600.0, max(1.0, config.retention_seconds / 10)))
+        await asyncio.sleep(min(3600.0, max(1.0, seconds / 10)))
 
 
 async def _shutdown(app: web.Application) -> None:

@@ -174,7 +174,7 @@ class Webhooks:
             SIGNATURE_HEADER: sign(self._secret(), body),
         }
         deadline = time.monotonic() + self.max_seconds
-        state = {
+        state: dict = {
             "url": shown_url(url),
             "status": "pending",
             "attempts": 0,
