@@ -68,7 +68,7 @@ class Creator:
 
     async def create(self, new: NewRequest) -> Created:
         options = new.chat.options
-        earlier = self._earlier(new) if options.from_status_url else None
+        earlier = await self._earlier(new) if options.from_status_url else None
         webhook = self.webhooks.check_url(options.webhook_url) if options.webhook_url else None
         scope = hashlib.sha256((new.caller or "").encode()).hexdigest()
         idem = new.idempotency_key
@@ -93,11 +93,11 @@ class Creator:
             await self.idempotency.finish(scope, idem, new.body, answer)
         return Created(answer, _limits(charge))
 
-    def _earlier(self, new: NewRequest) -> dict:
+    async def _earlier(self, new: NewRequest) -> dict:
         """The finished request a continuation starts from, or a clear error."""
         options = new.chat.options
         loc = earlier_location(options.from_status_url or "", new.base_url)
-        doc = self.runner.document(loc)
+        doc = await self.runner.document(loc)
         if doc is None or not allows(doc, options.from_bearer_token):
             raise NotFound(
                 "`from_status_url` names no conversation here (or a private one without the "
@@ -141,9 +141,9 @@ class Creator:
         call = Call(parameters, new.upstream_key, new.organization, options.connect_timeout)
         try:
             usage_added = new.chat.usage_added
-            self.runner.start(loc, doc, call, usage_added, options.timeout, webhook)
+            await self.runner.start(loc, doc, call, usage_added, options.timeout, webhook)
         except BaseException:
-            self.store.remove(loc)
+            await asyncio.to_thread(self.store.remove, loc)
             raise
         answer = create_answer(
             doc, new.kind, authorization(token) if token else {"access": "public"}

@@ -184,11 +184,11 @@ def tokens(request: web.Request, query_too: bool = False) -> list[str]:
     return found
 
 
-def conversation(request: web.Request, query_token: bool = False) -> tuple[Location, dict]:
+async def conversation(request: web.Request, query_token: bool = False) -> tuple[Location, dict]:
     """The conversation a reading URL names, if the caller may see it; 404 otherwise,
     so a private conversation's existence is not revealed."""
     loc = locate(request)
-    doc = request.app[RUNNER].document(loc)  # one read: a missing file is a missing document
+    doc = await request.app[RUNNER].document(loc)  # one read: a missing file is a missing document
     if doc is None or not any_allows(doc, tokens(request, query_token)):
         raise NotFound("no such conversation")
     return loc, doc
@@ -205,7 +205,7 @@ def accel(request: web.Request, loc: Location, suffix: str) -> web.Response | No
 
 
 async def status(request: web.Request) -> web.Response:
-    loc, doc = conversation(request)
+    loc, doc = await conversation(request)
     if doc["status"] in TERMINAL and loc.uuid not in request.app[RUNNER].runs:
         if response := accel(request, loc, ".json"):
             return response
@@ -222,17 +222,21 @@ def last_event_id(request: web.Request) -> int | None:
 
 
 async def events(request: web.Request) -> web.StreamResponse:
-    loc, _ = conversation(request, query_token=True)
-    path = request.app[STORE].txt_path(loc)
+    loc = locate(request)
+    path, hub = request.app[STORE].txt_path(loc), request.app[HUB]
+    if loc.scope != "pub":
+        await conversation(request, query_token=True)
+    elif path not in hub.tails and not await asyncio.to_thread(path.exists):
+        raise NotFound("no such conversation")  # public: the URL is the capability
     resume = last_event_id(request)
-    if resume is None and request.app[CONFIG].accel_redirect and finished(path):
-        if response := accel(request, loc, ".txt"):
+    if resume is None and request.app[CONFIG].accel_redirect:
+        if await asyncio.to_thread(finished, path) and (response := accel(request, loc, ".txt")):
             return response
-    return await respond(request, request.app[HUB], path, resume, cors_headers(request))
+    return await respond(request, hub, path, resume, cors_headers(request))
 
 
 async def stop(request: web.Request) -> web.Response:
-    loc, _ = conversation(request)
+    loc, _ = await conversation(request)
     doc = await request.app[RUNNER].stop(loc)
     if doc is None:  # removed meanwhile (retention)
         raise NotFound("no such conversation")

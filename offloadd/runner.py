@@ -15,6 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import orjson
+
 from offloadd.assemble import Completion
 from offloadd.config import Config
 from offloadd.endings import Endings, error_of
@@ -46,6 +48,7 @@ class Run:
     task: asyncio.Task | None = None
     webhook_url: str | None = None
     path: Path = Path()  # of the `.txt`, for the readers' hub
+    flushing: asyncio.Future | None = None  # the status write in a worker thread, if any
 
 
 class Runner:
@@ -75,7 +78,7 @@ class Runner:
     def running_ids(self) -> set[str]:
         return set(self.runs)
 
-    def start(
+    async def start(
         self,
         loc: Location,
         doc: dict,
@@ -85,20 +88,29 @@ class Runner:
         webhook_url: str | None = None,
     ) -> None:
         """Run a request whose files exist; its create answer need not wait for the upstream."""
-        run = Run(loc, doc, self.store.open_stream(loc), usage_added, timeout)
+        fd = await asyncio.to_thread(self._claim, loc)
+        run = Run(loc, doc, fd, usage_added, timeout)
         run.webhook_url = webhook_url
         run.path = self.store.txt_path(loc)
-        self.registry.claim(loc)
         self.runs[loc.uuid] = run
         run.task = asyncio.create_task(self._run(run, call), name=f"offloadd-run-{loc.uuid}")
 
-    def document(self, loc: Location) -> dict | None:
+    def _claim(self, loc: Location) -> int:
+        """(In a worker thread.) The run marker, then the stream's append descriptor."""
+        self.registry.claim(loc)
+        try:
+            return self.store.open_stream(loc)
+        except StorageError:
+            self.registry.release(loc)
+            raise
+
+    async def document(self, loc: Location) -> dict | None:
         """The freshest document: from memory while this process runs it, else from disk.
         Its `response.body` may lag the stream by up to a flush; `with_answer` brings it up."""
         run = self._running(loc)
         if run:
             return run.doc
-        return self.endings.document(loc) or self.store.read_status(loc)
+        return self.endings.document(loc) or await asyncio.to_thread(self.store.read_status, loc)
 
     def with_answer(self, loc: Location, doc: dict) -> dict:
         """The document with the answer so far, built here rather than on every chunk."""
@@ -119,15 +131,15 @@ class Runner:
             self.cancel(loc.uuid)
             await asyncio.wait({run.task}, timeout=5)
             return run.doc
-        doc = self.document(loc)
+        doc = await self.document(loc)
         if doc is None or doc["status"] in TERMINAL:
             return doc
-        self.registry.request_stop(loc)
+        await asyncio.to_thread(self.registry.request_stop, loc)
         loop = asyncio.get_running_loop()
         give_up = loop.time() + self.config.remote_stop_wait
         while loop.time() < give_up:
             await asyncio.sleep(self.config.poll_interval)
-            doc = self.store.read_status(loc) or doc
+            doc = await self.document(loc) or doc
             if doc["status"] in TERMINAL:
                 break
         return doc
@@ -164,25 +176,27 @@ class Runner:
                 doc["response"].update(status_code=reply.response.status, headers=reply.headers)
                 async for raw, chunk in self.upstream.chunks(reply, call):
                     self._chunk(run, raw, chunk)
-            self._finish(run, "done")
+            await self._finish(run, "done")
         except UpstreamError as e:
-            self._finish(run, "error", e.as_dict())
+            await self._finish(run, "error", e.as_dict())
         except TimeoutError:
             message = f"the upstream call took longer than its timeout of {run.timeout:g} s"
-            self._finish(run, "error", error_of("upstream_timeout", message))
+            await self._finish(run, "error", error_of("upstream_timeout", message))
         except StorageError as e:
             log.error("request %s ends: %s", run.loc.rel, e)
-            self._finish(run, "error", error_of("storage_error", str(e)))
+            await self._finish(run, "error", error_of("storage_error", str(e)))
         except asyncio.CancelledError:
             if run.cancel_reason == "stop":
-                self._finish(run, "stopped")
+                await self._finish(run, "stopped")
             else:
                 message = "the server shut down before the request completed"
-                self._finish(run, "error", error_of("interrupted", message))
+                await self._finish(run, "error", error_of("interrupted", message))
             raise
         except Exception:
             log.exception("request %s failed unexpectedly", run.loc.rel)
-            self._finish(run, "error", error_of("internal_error", "offloadd failed; see its log"))
+            await self._finish(
+                run, "error", error_of("internal_error", "offloadd failed; see its log")
+            )
         finally:
             os.close(run.fd)
             self.runs.pop(run.loc.uuid, None)
@@ -224,17 +238,36 @@ class Runner:
         elif now - run.flushed_at < self.config.status_flush_seconds:
             return
         run.flushed_at = now
-        doc["response"]["body"] = run.completion.body()
-        self.store.write_status(run.loc, doc)
+        self._flush(run)
 
-    def _finish(self, run: Run, status: str, error: dict | None = None) -> None:
-        """End the request: final document first, then the stream's end."""
+    def _flush(self, run: Run) -> None:
+        """Bring the file up to the document, in a worker thread (the stream goes on
+        meanwhile); one flush at a time, and a failed one ends the request."""
+        if run.flushing is not None:
+            if not run.flushing.done():
+                return
+            if error := run.flushing.exception():
+                raise error
+        run.doc["response"]["body"] = run.completion.body()
+        data = orjson.dumps(run.doc)  # here, while no one changes the document
+        run.flushing = asyncio.ensure_future(
+            asyncio.to_thread(self.store.write_status, run.loc, data)
+        )
+
+    async def _finish(self, run: Run, status: str, error: dict | None = None) -> None:
+        """End the request: final document first, then the stream's end (in a worker
+        thread: its fsync must not stall the readers of this process)."""
         if run.doc["status"] in TERMINAL:
             return
+        if run.flushing is not None:  # a late flush must not overwrite the final document
+            await asyncio.wait({run.flushing})
+            if not run.flushing.cancelled() and run.flushing.exception():
+                log.error("request %s: a status flush failed", run.loc.rel)
         tail = self.endings.finalize(run.doc, run.completion, run.event_id, status, error)
         status, error = run.doc["status"], run.doc["error"]
         self.metrics.finished[run.doc["request"]["endpoint"], status] += 1
         if error and error["code"].startswith("upstream_"):
             self.metrics.upstream_errors[error["code"]] += 1
-        self.endings.write(run.loc, run.doc, tail, run.fd)
+        writing = asyncio.to_thread(self.endings.write, run.loc, run.doc, tail, run.fd)
+        await asyncio.shield(writing)
         self.on_append(self.store.txt_path(run.loc))

@@ -49,13 +49,13 @@ class Store:
             why = getattr(e, "strerror", None) or e
             raise StorageError(f"cannot create the conversation files: {why}") from e
 
-    def write_status(self, loc: Location, doc: dict, durable: bool = False) -> None:
+    def write_status(self, loc: Location, doc: dict | bytes, durable: bool = False) -> None:
         """Replace the `.json` atomically; `durable` also syncs it (for final states)."""
         path = self.json_path(loc)
         tmp = path.with_name(f".{loc.uuid}.{os.getpid()}.tmp")
         try:
             with open(tmp, "wb") as f:
-                f.write(orjson.dumps(doc))
+                f.write(doc if isinstance(doc, bytes) else orjson.dumps(doc))
                 if durable:
                     f.flush()
                     os.fsync(f.fileno())
