@@ -48,7 +48,7 @@ class Housekeeping:
                 await asyncio.to_thread(self.registry.beat)
                 last_beat = now
             if running := self.running():
-                for uuid in self.registry.stop_requests() & running:
+                for uuid in await asyncio.to_thread(self.registry.stop_requests) & running:
                     self.stop(uuid)
             if now - last_sweep >= self.config.orphan_sweep_seconds:
                 ended = await asyncio.to_thread(self._sweep)

@@ -291,7 +291,9 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 async def openapi(request: web.Request) -> web.Response:
-    return web.json_response(document(), headers={"Access-Control-Allow-Origin": "*"})
+    return web.json_response(
+        document(request.app[CONFIG]), headers={"Access-Control-Allow-Origin": "*"}
+    )
 
 
 async def healthz(request: web.Request) -> web.Response:

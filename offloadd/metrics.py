@@ -6,9 +6,11 @@ dependency and a global registry, which an app factory should not have.
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from collections.abc import Callable
 
+STALL = 0.005  # seconds
 TTFT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 
 
@@ -23,6 +25,19 @@ class Metrics:
         self.ttft_counts = [0] * (len(TTFT_BUCKETS) + 1)
         self.ttft_sum = 0.0
         self.running: Callable[[], int] = lambda: 0
+        self.loop_lag_max = 0.0  # the event loop's longest blocking stretch seen
+        self.loop_stalls = 0  # stretches over STALL seconds
+
+    async def watch_loop(self, period: float = 0.01) -> None:
+        """Measure how late the event loop wakes a sleeper: anything that blocks it (file
+        I/O, a long computation) shows here, in production as in the benchmarks."""
+        loop = asyncio.get_running_loop()
+        while True:
+            before = loop.time()
+            await asyncio.sleep(period)
+            lag = loop.time() - before - period
+            self.loop_lag_max = max(self.loop_lag_max, lag)
+            self.loop_stalls += lag > STALL
 
     def first_token(self, seconds: float) -> None:
         self.ttft_sum += seconds
@@ -78,4 +93,8 @@ class Metrics:
             lines.append(f'offloadd_upstream_ttft_seconds_bucket{{le="{bound}"}} {cumulative}')
         lines.append(f"offloadd_upstream_ttft_seconds_sum {self.ttft_sum:.6f}")
         lines.append(f"offloadd_upstream_ttft_seconds_count {cumulative}")
+        family("offloadd_loop_lag_max_seconds", "gauge", "The event loop's longest stall.")
+        lines.append(f"offloadd_loop_lag_max_seconds {self.loop_lag_max:.6f}")
+        family("offloadd_loop_stalls_total", "counter", "Event loop stalls over 5 ms.")
+        lines.append(f"offloadd_loop_stalls_total {self.loop_stalls}")
         return "\n".join(lines) + "\n"

@@ -1,13 +1,16 @@
 """The OpenAPI 3.1 description of the whole API, served at `/openapi.json`.
 
-Written by hand (the API is small and its shapes are fixed by the original);
-the test suite checks it against the real answers with schemathesis.
+The create body's schema comes from `validate.body_schema` (the validator's own
+definitions and this server's limits); the answers' shapes, fixed by the original, are
+written here. The test suite checks it against the real answers with schemathesis.
 """
 
 from __future__ import annotations
 
 from offloadd import __version__
+from offloadd.config import Config
 from offloadd.layout import OPENAPI_PATH
+from offloadd.validate import body_schema
 
 _ERROR = {
     "type": "object",
@@ -20,35 +23,6 @@ _ERROR = {
             "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
         },
     },
-}
-_MESSAGE = {
-    "type": "object",
-    "required": ["role"],
-    "properties": {
-        "role": {"enum": ["system", "user", "assistant", "tool", "developer"]},
-        "content": {"type": ["string", "array", "null"]},
-    },
-}
-_CREATE_BODY = {
-    "type": "object",
-    "required": ["messages"],
-    "properties": {
-        "messages": {
-            "oneOf": [
-                {"type": "array", "items": _MESSAGE, "minItems": 1},
-                {"type": "string", "description": "the list of messages, JSON-encoded"},
-            ]
-        },
-        "model": {"type": "string", "minLength": 1},
-        "access": {"enum": ["public", "private"]},
-        "timeout": {"type": "number", "minimum": 1, "maximum": 90},
-        "connect_timeout": {"type": "number", "minimum": 1, "maximum": 10},
-        "conversation_id": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"},
-        "from_status_url": {"type": "string"},
-        "from_bearer_token": {"type": "string"},
-        "webhook_url": {"type": "string"},
-    },
-    "additionalProperties": True,
 }
 _ENDPOINTS = {
     "type": "object",
@@ -143,13 +117,24 @@ _PATH_PARAMS = [
 _BASE = OPENAPI_PATH
 
 
-def _create(summary: str) -> dict:
+def _get(summary: str, media: str) -> dict:
+    schema = {"type": "object"} if media == "application/json" else {"type": "string"}
+    content = {media: {"schema": schema}}
+    return {
+        "get": {
+            "summary": summary,
+            "responses": {"200": {"description": summary, "content": content}},
+        }
+    }
+
+
+def _create(summary: str, config: Config) -> dict:
     return {
         "post": {
             "summary": summary,
             "requestBody": {
                 "required": True,
-                "content": {"application/json": {"schema": _CREATE_BODY}},
+                "content": {"application/json": {"schema": body_schema(config)}},
             },
             "parameters": [
                 {"name": "X-OpenAI-API-Key", "in": "header", "schema": {"type": "string"}},
@@ -162,7 +147,7 @@ def _create(summary: str) -> dict:
     }
 
 
-def document() -> dict:
+def document(config: Config) -> dict:
     return {
         "openapi": "3.1.0",
         "info": {
@@ -172,8 +157,8 @@ def document() -> dict:
             "follow its answer over Server-Sent Events, read its status, stop it.",
         },
         "paths": {
-            "/v1/stream-chatgpt": _create("Create a request to follow as an event stream"),
-            "/v1/async-chatgpt": _create("Create a request to poll"),
+            "/v1/stream-chatgpt": _create("Create a request to follow as an event stream", config),
+            "/v1/async-chatgpt": _create("Create a request to poll", config),
             f"{_BASE}.json": {
                 "get": {
                     "summary": "The status document",
@@ -210,6 +195,9 @@ def document() -> dict:
                 }
                 for op in ("get", "post")
             },
+            "/v1/info": _get("What a client needs to know first", "application/json"),
+            "/metrics": _get("Prometheus metrics", "text/plain"),
+            "/": _get("The chat page", "text/html"),
             "/healthz": {
                 "get": {
                     "summary": "Liveness",

@@ -10,7 +10,8 @@ import orjson
 from offloadd.config import Config
 from offloadd.errors import BadRequest
 
-ROLES = {"system", "user", "assistant", "tool", "developer", "function"}
+ROLES = ("system", "user", "assistant", "tool", "developer", "function")
+ACCESS = ("public", "private")
 CONVERSATION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 OWN_FIELDS = (
     "access",
@@ -93,7 +94,7 @@ def _message(i: int, message: object) -> None:
     role = message.get("role")
     if not isinstance(role, str) or role not in ROLES:
         raise BadRequest(
-            f"messages[{i}].role must be one of {', '.join(sorted(ROLES))}",
+            f"messages[{i}].role must be one of {', '.join(ROLES)}",
             code="invalid_messages",
         )
     content = message.get("content")
@@ -109,7 +110,7 @@ def _message(i: int, message: object) -> None:
 
 def _options(body: dict, config: Config) -> Options:
     access = body.get("access")
-    if access not in (None, "public", "private"):
+    if access is not None and access not in ACCESS:
         raise BadRequest("`access` must be `public` or `private`", code="invalid_access")
     return Options(
         access=access,
@@ -122,6 +123,44 @@ def _options(body: dict, config: Config) -> Options:
         from_bearer_token=_optional_str(body, "from_bearer_token"),
         webhook_url=_optional_str(body, "webhook_url"),
     )
+
+
+def body_schema(config: Config) -> dict:
+    """The create body as JSON Schema, from the same definitions and limits the checks
+    above use, so the published API description cannot drift from them."""
+    message = {
+        "type": "object",
+        "required": ["role"],
+        "properties": {
+            "role": {"enum": list(ROLES)},
+            "content": {"type": ["string", "array", "null"]},
+        },
+    }
+    return {
+        "type": "object",
+        "required": ["messages"],
+        "properties": {
+            "messages": {
+                "oneOf": [
+                    {"type": "array", "items": message, "minItems": 1},
+                    {"type": "string", "description": "the list of messages, JSON-encoded"},
+                ]
+            },
+            "model": {"type": "string", "minLength": 1},
+            "access": {"enum": list(ACCESS)},
+            "timeout": {"type": "number", "minimum": 1, "maximum": config.max_timeout},
+            "connect_timeout": {
+                "type": "number",
+                "minimum": 1,
+                "maximum": config.max_connect_timeout,
+            },
+            "conversation_id": {"type": "string", "pattern": f"^{CONVERSATION_ID.pattern}$"},
+            **{
+                name: {"type": "string"} for name in OWN_FIELDS if name.endswith(("_url", "_token"))
+            },
+        },
+        "additionalProperties": True,
+    }
 
 
 def _seconds(body: dict, name: str, default: float, low: float, high: float) -> float:

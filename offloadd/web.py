@@ -174,7 +174,11 @@ async def _runner_ctx(app: web.Application) -> AsyncIterator[None]:
         stop=runner.cancel,
         poke=hub.poke,
     )
-    jobs = {"offloadd-hub": hub.run(), "offloadd-housekeeping": housekeeping.run()}
+    jobs = {
+        "offloadd-hub": hub.run(),
+        "offloadd-housekeeping": housekeeping.run(),
+        "offloadd-loop-watch": app[METRICS].watch_loop(),
+    }
     if config.retention_seconds:
         jobs["offloadd-retention"] = _retention(config.data, config.retention_seconds)
     tasks = [_supervised(app, job, name) for name, job in jobs.items()]

@@ -186,3 +186,30 @@ class TestPollingUnderLoad:
         assert first_token_at < stamps[-1], "the reader on A got B's stream only at its end"
         busy.close()
         await _json(http, own["stop_url"], "POST")
+
+
+class TestUnderAsyncioDebug:
+    async def test_a_cluster_ending_orphans_and_stops_logs_no_error(
+        self, serve_with_mock, mock_process, tmp_path, http
+    ):
+        """PYTHONASYNCIODEBUG=1 makes asyncio raise on calls from the wrong thread (a
+        future resolved from a worker thread, say) and report never-retrieved errors."""
+        env = {**os.environ, "PYTHONASYNCIODEBUG": "1", "PYTHONUNBUFFERED": "1"}
+        data = tmp_path / "data"
+        a, b = [await serve_with_mock(data, env=env) for _ in range(2)]
+        stopped = await _create(http, a.url)
+        orphaned = await _create(http, a.url)
+        await wait_status(http, _on(stopped["status_url"], b), "streaming")
+        answer = await _json(http, _on(stopped["stop_url"], b), "POST")
+        assert answer["conversation_status"] == "stopped"
+        reader = await http.get(_on(orphaned["stream_events_url"], b)).__aenter__()
+        a.signal(signal.SIGKILL)
+        await a.wait()
+        doc = await wait_status(http, _on(orphaned["status_url"], b), "error", "done")
+        assert doc["error"]["code"] == "interrupted"
+        assert (await asyncio.wait_for(reader.read(), 15)).endswith(b"data: [DONE]\n\n")
+        b.signal(signal.SIGTERM)
+        assert await b.wait() == 0
+        log = b.output.decode()
+        for bad in ("Traceback", " ERROR ", "CRITICAL", "non-thread-safe", "never retrieved"):
+            assert bad not in log, log

@@ -43,6 +43,8 @@ def server(tmp_path_factory):
             "WARNING",
             "--max-body",
             "65536",
+            "--max-timeout",
+            "120",
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -87,3 +89,38 @@ def test_the_document_is_served(server):
         doc = json.load(resp)
     assert doc["openapi"].startswith("3.1")
     assert "/v1/stream-chatgpt" in doc["paths"]
+
+
+def test_the_documents_own_values_and_limits_are_accepted(server):
+    """Every role and access value the document lists, and its timeout limits, at both
+    ends: what the description promises, the server takes."""
+    import json
+    import urllib.request
+
+    base, _ = server
+    with urllib.request.urlopen(f"{base}/openapi.json") as resp:
+        doc = json.load(resp)
+    body = doc["paths"]["/v1/stream-chatgpt"]["post"]["requestBody"]["content"]
+    props = body["application/json"]["schema"]["properties"]
+    roles = props["messages"]["oneOf"][0]["items"]["properties"]["role"]["enum"]
+    assert "function" in roles
+    assert props["timeout"]["maximum"] == 120  # the server's --max-timeout
+    bodies = [
+        {"messages": [{"role": role, "content": "x"}], "model": "mock?tokens=1"} for role in roles
+    ]
+    bodies += [
+        {"messages": [{"role": "user", "content": "x"}], "access": access}
+        for access in props["access"]["enum"]
+    ]
+    for name in ("timeout", "connect_timeout"):
+        for end in ("minimum", "maximum"):
+            bodies.append({"messages": [{"role": "user", "content": "x"}], name: props[name][end]})
+    for sent in bodies:
+        request = urllib.request.Request(
+            f"{base}/v1/stream-chatgpt",
+            data=json.dumps(sent).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request) as resp:
+            assert resp.status == 200, sent
+    assert {"/v1/info", "/metrics", "/"} <= set(doc["paths"])
