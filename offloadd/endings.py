@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from offloadd.assemble import Completion
 from offloadd.layout import Location
-from offloadd.status import set_status
+from offloadd.status import finished
 from offloadd.store import StorageError, Store, append
 from offloadd.transcript import ending, events_after_end
 
@@ -56,15 +56,7 @@ class Endings:
             log.exception("the answer of %s could not be assembled", doc.get("conversation_id"))
             body, status = None, "error"
             error = error_of("internal_error", "offloadd could not assemble the answer")
-        now = time.time()
-        set_status(doc, status)
-        doc["error"] = error
-        doc["response"]["body"] = body
-        request = doc["request"]
-        request["finished_at"] = round(now, 3)
-        request["request_time"] = round(now - (request["processed_at"] or now), 3)
-        request["total_time"] = round(now - request["request_at"], 3)
-        doc["events"] = events_after_end(last_id, status)
+        finished(doc, status, error, body, events_after_end(last_id, status), time.time())
         return ending(last_id, status, error, self.retry_ms)
 
     def write(self, loc: Location, doc: dict, tail: bytes, fd: int | None = None) -> None:

@@ -23,7 +23,15 @@ from offloadd.endings import Endings, error_of
 from offloadd.layout import Location
 from offloadd.metrics import Metrics
 from offloadd.registry import Registry
-from offloadd.status import TERMINAL, public_view, set_status
+from offloadd.status import (
+    TERMINAL,
+    answered,
+    processing,
+    progressed,
+    public_view,
+    webhook_outcome,
+    with_body,
+)
 from offloadd.store import StorageError, Store, append
 from offloadd.transcript import chunk_record, is_forced_usage
 from offloadd.upstream import Call, Upstream, UpstreamError
@@ -116,7 +124,7 @@ class Runner:
         """The document with the answer so far, built here rather than on every chunk."""
         run = self._running(loc)
         if run and run.doc is doc and run.event_id:
-            doc["response"]["body"] = run.completion.body()
+            with_body(doc, run.completion.body())
         return doc
 
     def _running(self, loc: Location) -> Run | None:
@@ -169,11 +177,11 @@ class Runner:
 
     async def _run(self, run: Run, call: Call) -> None:
         doc = run.doc
-        doc["request"]["processed_at"] = round(time.time(), 3)
+        processing(doc, time.time())
         try:
             async with asyncio.timeout(run.timeout):
                 reply = await self.upstream.open(call)
-                doc["response"].update(status_code=reply.response.status, headers=reply.headers)
+                answered(doc, reply.response.status, reply.headers)
                 async for raw, chunk in self.upstream.chunks(reply, call):
                     self._chunk(run, raw, chunk)
             await self._finish(run, "done")
@@ -208,7 +216,7 @@ class Runner:
         """Post the final document to the request's webhook, in a task of its own."""
 
         def record(outcome: dict) -> None:
-            run.doc["webhook"] = outcome
+            webhook_outcome(run.doc, outcome)
             try:
                 self.store.write_status(run.loc, run.doc)
             except StorageError as e:
@@ -230,10 +238,8 @@ class Runner:
             append(run.fd, chunk_record(run.event_id, raw, self.config.retry_ms))
             self.on_append(run.path)
         doc = run.doc
-        doc["events"] = run.event_id
         now = time.monotonic()
-        if doc["status"] == "waiting":
-            set_status(doc, "streaming")
+        if progressed(doc, run.event_id):
             self.metrics.first_token(time.time() - doc["request"]["processed_at"])
         elif now - run.flushed_at < self.config.status_flush_seconds:
             return
@@ -248,7 +254,7 @@ class Runner:
                 return
             if error := run.flushing.exception():
                 raise error
-        run.doc["response"]["body"] = run.completion.body()
+        with_body(run.doc, run.completion.body())
         data = orjson.dumps(run.doc)  # here, while no one changes the document
         run.flushing = asyncio.ensure_future(
             asyncio.to_thread(self.store.write_status, run.loc, data)

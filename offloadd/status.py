@@ -97,3 +97,50 @@ def public_view(doc: dict) -> dict:
 def set_status(doc: dict, status: str) -> None:
     doc["status"] = status
     doc["README"] = STATUS_README[status]
+
+
+# --- the transitions: every change to a document after it is made happens here ----------
+#   waiting --first chunk--> streaming --end--> done | error | stopped
+
+
+def processing(doc: dict, now: float) -> None:
+    """The upstream call starts."""
+    doc["request"]["processed_at"] = round(now, 3)
+
+
+def answered(doc: dict, status_code: int, headers: dict) -> None:
+    """The upstream accepted the call (its kept headers only)."""
+    doc["response"].update(status_code=status_code, headers=headers)
+
+
+def progressed(doc: dict, events: int) -> bool:
+    """Another event was streamed; True when it was the first (waiting -> streaming)."""
+    doc["events"] = events
+    if doc["status"] != "waiting":
+        return False
+    set_status(doc, "streaming")
+    return True
+
+
+def with_body(doc: dict, body: dict | None) -> dict:
+    """The answer so far (or final), as a `chat.completion`."""
+    doc["response"]["body"] = body
+    return doc
+
+
+def finished(
+    doc: dict, status: str, error: dict | None, body: dict | None, events: int, now: float
+) -> None:
+    """The one terminal transition: done, error or stopped, with its timings."""
+    set_status(doc, status)
+    doc["error"] = error
+    with_body(doc, body)
+    request = doc["request"]
+    request["finished_at"] = round(now, 3)
+    request["request_time"] = round(now - (request["processed_at"] or now), 3)
+    request["total_time"] = round(now - request["request_at"], 3)
+    doc["events"] = events
+
+
+def webhook_outcome(doc: dict, outcome: dict) -> None:
+    doc["webhook"] = outcome
