@@ -19,6 +19,7 @@ import secrets
 import sqlite3
 import time
 import tomllib
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -125,9 +126,9 @@ class KeyStore(Protocol):
 class SQLiteKeys:
     """The key store in `DATA/offloadd.sqlite3`; blocking calls run on one worker thread."""
 
-    def __init__(self, data: Path, plans: dict[str, Plan]):
+    def __init__(self, data: Path, plans: dict[str, Plan], clock: Callable[[], float] = time.time):
         self.path = data / DB_NAME
-        self.plans = plans
+        self.plans, self.clock = plans, clock
         self._db: sqlite3.Connection | None = None
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="offloadd-keys")
 
@@ -161,7 +162,7 @@ class SQLiteKeys:
         await self._call(self._lookup, key)
 
     async def charge(self, key: str) -> Charge:
-        return await self._call(self.charge_sync, key, time.time())
+        return await self._call(self.charge_sync, key, self.clock())
 
     async def refund(self, charge: Charge) -> None:
         await self._call(self._refund, charge)

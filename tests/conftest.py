@@ -157,6 +157,16 @@ def stream_text(events: list) -> str:
     return text
 
 
+def file_of(data: Path, url: str) -> Path:
+    """The file a conversation URL (status or stream) names under `data`."""
+    from offloadd.layout import parse_url
+
+    found = parse_url(url)
+    assert found, f"not a conversation URL: {url}"
+    _, loc, suffix = found
+    return data / f"{loc.rel}{suffix}"
+
+
 def files_under(root: Path) -> list[Path]:
     """The conversations' files (not the key database or the daemons' own bookkeeping)."""
     return sorted(p for scope in ("pub", "priv") for p in (root / scope).rglob("*") if p.is_file())

@@ -13,7 +13,7 @@ import pytest
 from openai.lib.streaming.chat import AsyncChatCompletionStream
 from openai.types.chat import ChatCompletionChunk
 
-from conftest import how_it_ended, stream_text
+from conftest import file_of, how_it_ended, stream_text
 from offloadd.sse import parse_all
 
 LONG = "mock?tokens=300&delay_ms=5"
@@ -179,8 +179,7 @@ class TestFirstReleaseTranscripts:
     async def _old(self, api, data_dir) -> dict:
         urls = (await api.create(model="mock?tokens=2"))["endpoints"]
         await api.stream(urls["stream_events_url"])
-        rel = urls["stream_events_url"].split("/1/r/", 1)[1]
-        (data_dir / rel).write_bytes(OLD)
+        file_of(data_dir, urls["stream_events_url"]).write_bytes(OLD)
         return urls
 
     async def test_served_resumed_and_ended_as_before(self, api, data_dir):

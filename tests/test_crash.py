@@ -8,7 +8,7 @@ from pathlib import Path
 
 import orjson
 
-from conftest import how_it_ended, stream_text, wait_status
+from conftest import file_of, how_it_ended, stream_text, wait_status
 from offloadd.sse import parse_all
 
 LONG = {"messages": [{"role": "user", "content": "x"}], "model": "mock?tokens=2000&delay_ms=10"}
@@ -29,8 +29,7 @@ async def _read(http, url: str) -> bytes:
 
 
 def _files(data: Path, urls: dict) -> tuple[Path, Path]:
-    rel = urls["status_url"].split("/r/", 1)[1][: -len(".json")]
-    return data / f"{rel}.json", data / f"{rel}.txt"
+    return file_of(data, urls["status_url"]), file_of(data, urls["stream_events_url"])
 
 
 class TestKill:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime
 
-from conftest import OPENAI_KEY, SEED_BODY, files_under
+from conftest import OPENAI_KEY, SEED_BODY, file_of, files_under
 
 URL_RE = (
     r"http://127\.0\.0\.1:\d+/{kind}/r/pub/(\d{{4}}/\d{{2}}/\d{{2}}/\d{{2}}/\d{{2}}/\d{{2}})/"
@@ -46,9 +46,13 @@ class TestSeedExample:
 
     async def test_two_files_are_written_where_the_urls_point(self, api, data_dir):
         answer = await api.create(SEED_BODY)
-        rel = answer["endpoints"]["status_url"].split("/1/r/", 1)[1][: -len(".json")]
-        await api.wait_status(answer["endpoints"]["status_url"], "done")
-        assert files_under(data_dir) == [data_dir / f"{rel}.json", data_dir / f"{rel}.txt"]
+        urls = answer["endpoints"]
+        await api.wait_status(urls["status_url"], "done")
+        expected = [
+            file_of(data_dir, urls["status_url"]),
+            file_of(data_dir, urls["stream_events_url"]),
+        ]
+        assert files_under(data_dir) == expected
 
     async def test_each_request_gets_a_new_uuid(self, api):
         first, second = await api.create(), await api.create()

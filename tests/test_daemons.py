@@ -11,7 +11,7 @@ import time
 import orjson
 import pytest
 
-from conftest import wait_status
+from conftest import file_of, how_it_ended, wait_status
 from offloadd.layout import Location
 from offloadd.sse import parse_all
 
@@ -62,9 +62,8 @@ class TestCluster:
         [seen] = await _mock_requests(http, mock)
         assert seen["client_closed"] is True and seen["chunks_sent"] < 3003
         bodies = [await r.read() for r in responses]
-        rel = urls["stream_events_url"].split("/r/", 1)[1]
-        assert bodies[0] == bodies[1] == (data / rel).read_bytes()
-        assert orjson.loads(parse_all(bodies[0])[-2].data)["status"] == "stopped"
+        assert bodies[0] == bodies[1] == file_of(data, urls["stream_events_url"]).read_bytes()
+        assert how_it_ended(parse_all(bodies[0]))["status"] == "stopped"
 
     async def test_a_killed_owner_is_noticed_and_its_request_ended(self, cluster, http):
         _, data, (a, b, c) = cluster
@@ -93,7 +92,7 @@ class TestStaleOwner:
         loc = Location.new("pub", __import__("datetime").datetime.now().astimezone())
         folder = data / loc.scope / loc.stamp
         folder.mkdir(parents=True, exist_ok=True)
-        template = orjson.loads((data / urls["status_url"].split("/r/", 1)[1]).read_bytes())
+        template = orjson.loads(file_of(data, urls["status_url"]).read_bytes())
         template.update(status="streaming", error=None)
         (folder / f"{loc.uuid}.json").write_bytes(orjson.dumps(template))
         chunk = b'{"choices":[{"index":0,"delta":{"content":"partial"}}]}'

@@ -12,7 +12,7 @@ from hostile_upstream import chunk, make_hostile_app, model
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import OPENAI_KEY, SEED_BODY, Api, files_under, how_it_ended
+from conftest import OPENAI_KEY, SEED_BODY, Api, file_of, files_under, how_it_ended
 from offloadd.sse import parse_all
 from offloadd.web import make_app
 
@@ -290,9 +290,8 @@ class TestAFullDisk:
         filler.unlink()  # space is back: the final state is written, the reader released
         events = await asyncio.wait_for(reader, 15)
         assert how_it_ended(events)["error"]["code"] == "storage_error"
-        rel = urls["status_url"].split("/1/r/", 1)[1]
         async with asyncio.timeout(10):  # the document on disk follows at the next retry
-            while orjson.loads((data / rel).read_bytes())["status"] != "error":
+            while orjson.loads(file_of(data, urls["status_url"]).read_bytes())["status"] != "error":
                 await asyncio.sleep(0.05)
 
 

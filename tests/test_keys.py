@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,7 @@ from click.testing import CliRunner
 from conftest import OPENAI_KEY, SEED_BODY
 from offloadd import cli
 from offloadd.keys import DB_NAME, SQLiteKeys, load_plans
+from offloadd.web import make_app
 
 
 def make_key(data_dir: Path, name: str = "app", plan: str = "free", plans=None) -> str:
@@ -137,15 +140,18 @@ class TestAuthOnCreate:
 
 
 class TestQuotas:
-    async def test_over_the_minute_rate_is_429(self, make_client, data_dir):
+    async def test_over_the_minute_rate_is_429(self, aiohttp_client, config, data_dir):
         key = make_key(data_dir)
-        client = await make_client(auth=True)
+        start = (time.time() // 60) * 60 + 5  # 5 s into a minute: all 11 requests fall in it
+        keys = SQLiteKeys(data_dir, load_plans(None), clock=lambda: start)
+        app = make_app(dataclasses.replace(config, auth=True), keys=keys)
+        client = await aiohttp_client(app)
         statuses = [(await post(client, {"X-API-Key": key})).status for _ in range(10)]
         assert statuses == [200] * 10
         resp = await post(client, {"X-API-Key": key})
         assert resp.status == 429
         assert (await resp.json())["error"]["code"] == "quota_exceeded"
-        assert 0 < int(resp.headers["Retry-After"]) <= 60
+        assert int(resp.headers["Retry-After"]) == 55
         assert resp.headers["X-RateLimit-Limit"] == "10"
         assert resp.headers["X-RateLimit-Remaining"] == "0"
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import orjson
 
+from conftest import file_of
+
 
 class TestStatusDocument:
     async def test_partial_text_while_streaming_then_complete(self, api):
@@ -56,8 +58,7 @@ class TestStatusDocument:
     async def test_file_on_disk_is_final_before_done_is_streamed(self, api, data_dir):
         urls = (await api.create(model="mock?tokens=3"))["endpoints"]
         await api.stream(urls["stream_events_url"])
-        rel = urls["status_url"].split("/1/r/", 1)[1]
-        on_disk = orjson.loads((data_dir / rel).read_bytes())
+        on_disk = orjson.loads(file_of(data_dir, urls["status_url"]).read_bytes())
         assert on_disk["status"] == "done"
         assert on_disk["response"]["body"]["choices"][0]["message"]["content"] == "t0 t1 t2"
 

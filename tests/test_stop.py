@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from conftest import how_it_ended
+from conftest import file_of, how_it_ended
 
 
 async def _wait_upstream_closed(api, timeout=5.0) -> dict:
@@ -58,14 +58,14 @@ class TestStop:
     async def test_stop_after_the_end_changes_nothing(self, api, data_dir):
         urls = (await api.create(model="mock?tokens=3"))["endpoints"]
         await api.stream(urls["stream_events_url"])
-        rel = urls["status_url"].split("/1/r/", 1)[1][: -len(".json")]
-        before = [(data_dir / f"{rel}{s}").read_bytes() for s in (".json", ".txt")]
+        paths = [file_of(data_dir, urls[k]) for k in ("status_url", "stream_events_url")]
+        before = [p.read_bytes() for p in paths]
         for _ in range(2):
             resp = await api.post(urls["stop_url"])
             answer = await resp.json()
             assert answer["status"] == "success"
             assert answer["conversation_status"] == "done"
-        after = [(data_dir / f"{rel}{s}").read_bytes() for s in (".json", ".txt")]
+        after = [p.read_bytes() for p in paths]
         assert before == after
 
     async def test_stop_of_an_unknown_conversation_is_404(self, api):

@@ -6,14 +6,9 @@ import asyncio
 import os
 
 import orjson
-from yarl import URL
 
-from conftest import how_it_ended
+from conftest import file_of, how_it_ended
 from offloadd.sse import SSEParser, parse_all
-
-
-def _txt_path(data_dir, url: str):
-    return data_dir / (URL(url).path.split("/r/", 1)[1])
 
 
 def _chunk_events(events):
@@ -57,7 +52,7 @@ class TestFormat:
     async def test_chunks_are_the_upstreams_bytes_verbatim(self, api, data_dir):
         urls = (await api.create(model="mock?tokens=5"))["endpoints"]
         raw = await api.stream(urls["stream_events_url"])
-        assert raw == _txt_path(data_dir, urls["stream_events_url"]).read_bytes()
+        assert raw == file_of(data_dir, urls["stream_events_url"]).read_bytes()
         for event in _chunk_events(parse_all(raw)):
             assert orjson.dumps(orjson.loads(event.data)) == event.data
 
@@ -91,7 +86,7 @@ class TestLive:
         url = urls["stream_events_url"]
         first, second = await asyncio.gather(api.stream(url), api.stream(url))
         late = await api.stream(url)
-        on_disk = _txt_path(data_dir, url).read_bytes()
+        on_disk = file_of(data_dir, url).read_bytes()
         assert first == second == late == on_disk
         assert on_disk.endswith(b"data: [DONE]\n\n")
 
@@ -100,10 +95,10 @@ class TestLive:
         urls = (await api.create(model="mock?tokens=3&delay_ms=400"))["endpoints"]
         raw = await api.stream(urls["stream_events_url"])
         assert b": keep-alive\n\n" in raw
-        assert b"keep-alive" not in _txt_path(data_dir, urls["stream_events_url"]).read_bytes()
+        assert b"keep-alive" not in file_of(data_dir, urls["stream_events_url"]).read_bytes()
         assert (
             raw.replace(b": keep-alive\n\n", b"")
-            == _txt_path(data_dir, urls["stream_events_url"]).read_bytes()
+            == file_of(data_dir, urls["stream_events_url"]).read_bytes()
         )
 
     async def test_a_file_written_by_another_process_is_followed(self, api, data_dir):
@@ -111,7 +106,7 @@ class TestLive:
         urls = (await api.create(model="mock?tokens=1"))["endpoints"]
         await api.wait_status(urls["status_url"], "done")
         # A second conversation written by hand, as another daemon would.
-        src = _txt_path(data_dir, urls["stream_events_url"])
+        src = file_of(data_dir, urls["stream_events_url"])
         other = src.with_name("0d0c6a8e-6c55-4d41-9d36-0c1b6f0a1c2e.txt")
         other.write_bytes(b'retry: 3000\n\nid: 1\ndata: {"a":1}\n\n')
         other.with_suffix(".json").write_bytes(src.with_suffix(".json").read_bytes())
