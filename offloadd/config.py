@@ -62,6 +62,9 @@ class Config:
     header_timeout: float = 60.0  # nginx's client_header_timeout
     body_timeout: float = 60.0  # nginx's client_body_timeout
     max_connections: int = 10_000
+    # What a stream reader that stops reading may cost: this much kernel send buffer
+    # (autotuning would let it grow to megabytes) plus aiohttp's 64 KiB write buffer.
+    reader_send_buffer: int = 128 * 1024
     # How long running requests may finish on shutdown before they are ended.
     grace_seconds: float = 10.0
 

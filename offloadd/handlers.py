@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
+import socket
 import time
 from pathlib import Path
 
@@ -228,11 +230,20 @@ async def events(request: web.Request) -> web.StreamResponse:
         await conversation(request, query_token=True)
     elif path not in hub.tails and not await asyncio.to_thread(path.exists):
         raise NotFound("no such conversation")  # public: the URL is the capability
+    _bound_send_buffer(request, request.app[CONFIG].reader_send_buffer)
     resume = last_event_id(request)
     if resume is None and request.app[CONFIG].accel_redirect:
         if await asyncio.to_thread(finished, path) and (response := accel(request, loc, ".txt")):
             return response
     return await respond(request, hub, path, resume, cors_headers(request))
+
+
+def _bound_send_buffer(request: web.Request, size: int) -> None:
+    """A reader that does not read costs at most `size` of kernel memory."""
+    sock = request.transport.get_extra_info("socket") if request.transport else None
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
 
 
 async def stop(request: web.Request) -> web.Response:

@@ -148,7 +148,10 @@ class TestReaders:
         path = "/" + urls["stream_events_url"].split("/", 3)[3]
         stalled = []
         for _ in range(20):
-            reader, writer = await asyncio.open_connection("127.0.0.1", api.client.port)
+            sock = socket.socket()  # a small window, so the server cannot hand it all over
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.connect(("127.0.0.1", api.client.port))
+            reader, writer = await asyncio.open_connection(sock=sock)
             writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
             await writer.drain()
             stalled.append(writer)  # ... and never read

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
+import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -66,7 +67,9 @@ class TestResumeOffset:
 
 
 class TestEveryRecordHasData:
-    @given(st.lists(DATA, max_size=5), st.sampled_from(["done", "error", "stopped"]))
+    @given(
+        st.lists(TEXT.map(orjson.dumps), max_size=5), st.sampled_from(["done", "error", "stopped"])
+    )
     def test_no_record_without_data_and_retry_rides_on_the_first(self, chunks, status):
         error = {"code": "x", "message": "why"} if status == "error" else None
         raw = b"".join(chunk_record(i, c, 3000) for i, c in enumerate(chunks, 1))
