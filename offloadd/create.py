@@ -38,6 +38,7 @@ class NewRequest:
     caller: str | None  # the offloadd API key, when auth is on
     created_at: float
     idempotency_key: str | None = None
+    endpoint: str | None = None  # when not the kind's own (the OpenAI-compatible API)
 
 
 @dataclass(frozen=True)
@@ -122,6 +123,7 @@ class Creator:
             parameters = {**parameters, "messages": messages}
         doc = new_document(
             kind=new.kind,
+            endpoint=new.endpoint,
             loc=loc,
             base_url=new.base_url,
             created_at=new.created_at,

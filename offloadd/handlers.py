@@ -7,6 +7,7 @@ import contextlib
 import re
 import socket
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import orjson
@@ -48,6 +49,7 @@ from offloadd.transcript import finished
 from offloadd.validate import parse_body
 from offloadd.webhooks import shown_url
 
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 STATIC_DIR = Path(__file__).parent / "static"
 STATIC_FILES = frozenset(p.name for p in STATIC_DIR.iterdir() if p.is_file())
 MOCK_KEY = "offloadd-mock-key"
@@ -115,19 +117,28 @@ def _check_json(request: web.Request) -> None:
         raise PayloadTooLarge(f"the body is larger than {limit} bytes")
 
 
-async def create(request: web.Request) -> web.Response:
+def counting_creates(handler: Handler) -> Handler:
+    """A create endpoint whose outcomes are counted in /metrics."""
+
+    async def counted(request: web.Request) -> web.StreamResponse:
+        created = request.app[METRICS].created
+        try:
+            response = await handler(request)
+        except ApiError as e:
+            created[request.path, e.code] += 1
+            raise
+        except StorageError:
+            created[request.path, "storage_unavailable"] += 1
+            raise
+        created[request.path, "accepted"] += 1
+        return response
+
+    return counted
+
+
+async def create(request: web.Request) -> web.StreamResponse:
     """Store the request, start its upstream call in a task, answer with its URLs at once."""
-    counted = request.app[METRICS].created
-    try:
-        response = await _create(request)
-    except ApiError as e:
-        counted[request.path, e.code] += 1
-        raise
-    except StorageError:
-        counted[request.path, "storage_unavailable"] += 1
-        raise
-    counted[request.path, "accepted"] += 1
-    return response
+    return await counting_creates(_create)(request)
 
 
 async def _create(request: web.Request) -> web.Response:
@@ -286,7 +297,11 @@ async def info(request: web.Request) -> web.Response:
         "auth": config.auth,
         "default_model": config.default_model,
         "upstream": "mock" if config.uses_mock else shown_url(request.app[UPSTREAM_URL]),
-        "create": ["POST /v1/stream-chatgpt", "POST /v1/async-chatgpt"],
+        "create": [
+            "POST /v1/stream-chatgpt",
+            "POST /v1/async-chatgpt",
+            "POST /v1/chat/completions",
+        ],
     }
     return web.json_response(body)
 

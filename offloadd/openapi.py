@@ -128,6 +128,46 @@ def _get(summary: str, media: str) -> dict:
     }
 
 
+def _chat_completions(config: Config) -> dict:
+    """OpenAI's own endpoint: the answer is OpenAI's (`chat.completion` or its stream)."""
+    headers = {
+        name: {"schema": {"type": "string"}, "description": what}
+        for name, what in (
+            ("X-Offloadd-Status-Url", "the request's status URL"),
+            ("X-Offloadd-Stream-Url", "its event stream, to follow or resume"),
+            ("X-Offloadd-Stop-Url", "its stop URL"),
+        )
+    }
+    return {
+        "post": {
+            "summary": "OpenAI Chat Completions, offloaded (`stream` true or false)",
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": body_schema(config)}},
+            },
+            "parameters": [
+                {"name": "X-OpenAI-API-Key", "in": "header", "schema": {"type": "string"}},
+                {
+                    "name": "X-Offloadd-Stop-On-Disconnect",
+                    "in": "header",
+                    "schema": {"enum": ["true", "false"]},
+                },
+            ],
+            "responses": {
+                "200": {
+                    "description": "the `chat.completion`, or its stream",
+                    "headers": headers,
+                    "content": {
+                        "application/json": {"schema": {"type": "object"}},
+                        "text/event-stream": {"schema": {"type": "string"}},
+                    },
+                },
+                **_errors(400, 401, 404, 409, 413, 415, 429, 502, 503),
+            },
+        }
+    }
+
+
 def _create(summary: str, config: Config) -> dict:
     return {
         "post": {
@@ -159,6 +199,7 @@ def document(config: Config) -> dict:
         "paths": {
             "/v1/stream-chatgpt": _create("Create a request to follow as an event stream", config),
             "/v1/async-chatgpt": _create("Create a request to poll", config),
+            "/v1/chat/completions": _chat_completions(config),
             f"{_BASE}.json": {
                 "get": {
                     "summary": "The status document",

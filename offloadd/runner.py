@@ -152,6 +152,19 @@ class Runner:
                 break
         return doc
 
+    async def until_done(self, loc: Location) -> dict | None:
+        """The document once the request has ended (its task, when it runs here; the file
+        otherwise)."""
+        run = self._running(loc)
+        if run is not None and run.task is not None:
+            await asyncio.wait({run.task})
+        while (doc := await self.document(loc)) is not None and doc["status"] not in TERMINAL:
+            await asyncio.sleep(self.config.poll_interval)
+        return doc
+
+    def is_running(self, loc: Location) -> bool:
+        return self._running(loc) is not None
+
     def cancel(self, uuid: str, reason: str = "stop") -> None:
         """Cancel a running request's task (which closes its upstream connection)."""
         run = self.runs.get(uuid)

@@ -41,6 +41,7 @@ def endpoints(base_url: str, kind: int, loc: Location) -> dict:
 def new_document(
     *,
     kind: int,
+    endpoint: str | None = None,
     loc: Location,
     base_url: str,
     created_at: float,
@@ -62,7 +63,7 @@ def new_document(
         "authorization": authorization,
         "endpoints": urls,
         "request": {
-            "endpoint": KINDS[kind],
+            "endpoint": endpoint or KINDS[kind],
             "request_at": round(created_at, 3),
             "processed_at": None,
             "finished_at": None,

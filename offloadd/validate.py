@@ -42,6 +42,7 @@ class ChatRequest:
     options: Options
     parameters: dict  # what goes upstream: the client's fields, stream forced on
     usage_added: bool  # offloadd asked for include_usage, the client did not
+    stream: bool = False  # the caller asked for a stream (as the OpenAI API reads `stream`)
 
 
 def parse_body(raw: bytes, config: Config) -> ChatRequest:
@@ -64,9 +65,10 @@ def parse_body(raw: bytes, config: Config) -> ChatRequest:
     if not isinstance(stream_options, dict):
         raise BadRequest("`stream_options` must be an object", code="invalid_parameter")
     usage_added = stream_options.get("include_usage") is not True
+    asked_stream = params.get("stream") is True
     params["stream"] = True
     params["stream_options"] = {**stream_options, "include_usage": True}
-    return ChatRequest(options, params, usage_added)
+    return ChatRequest(options, params, usage_added, asked_stream)
 
 
 def messages(value: object) -> list:

@@ -28,6 +28,7 @@ from offloadd.config import Config
 from offloadd.create import Creator
 from offloadd.endings import Endings
 from offloadd.handlers import (
+    counting_creates,
     create,
     events,
     healthz,
@@ -45,6 +46,7 @@ from offloadd.layout import ROUTE
 from offloadd.metrics import Metrics
 from offloadd.middleware import cors_middleware, error_middleware, preflight
 from offloadd.mock import make_mock_app
+from offloadd.openai_api import chat_completions
 from offloadd.registry import Registry
 from offloadd.retention import collect
 from offloadd.runner import Runner
@@ -87,13 +89,14 @@ def make_app(
     app.router.add_get("/metrics", metrics)
     app.router.add_post("/v1/stream-chatgpt", create)
     app.router.add_post("/v1/async-chatgpt", create)
+    app.router.add_post("/v1/chat/completions", counting_creates(chat_completions))
     app.router.add_get(f"{ROUTE}.json", status)
     app.router.add_get(f"{ROUTE}.txt", events)
     app.router.add_route("GET", f"{ROUTE}/stop", stop)
     app.router.add_route("POST", f"{ROUTE}/stop", stop)
     for suffix in (".json", ".txt", "/stop"):
         app.router.add_route("OPTIONS", f"{ROUTE}{suffix}", preflight)
-    for path in ("/v1/stream-chatgpt", "/v1/async-chatgpt"):
+    for path in ("/v1/stream-chatgpt", "/v1/async-chatgpt", "/v1/chat/completions"):
         app.router.add_route("OPTIONS", path, preflight)
     return app
 

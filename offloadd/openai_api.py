@@ -1,0 +1,137 @@
+"""OpenAI's own Chat Completions endpoint, so the official SDKs work with a `base_url`
+change: `POST /v1/chat/completions`, streaming or not.
+
+Every call is an ordinary offloaded request (its files, status, stream and stop URLs,
+quotas, webhooks); its URLs come back in `X-Offloadd-*` headers. The SDK's stream is the
+request's own transcript, followed from its first byte, so a caller that disconnects
+leaves the model call running, to be followed or resumed from `X-Offloadd-Stream-Url` —
+unless it sent `X-Offloadd-Stop-On-Disconnect: true`.
+"""
+
+from __future__ import annotations
+
+import time
+
+from aiohttp import web
+
+from offloadd.appkeys import CONFIG, CREATOR, HUB, RUNNER, STORE
+from offloadd.create import Created, NewRequest
+from offloadd.errors import ApiError, Unauthorized
+from offloadd.handlers import _body, _check_json, api_key, public_base
+from offloadd.layout import Location, parse_url
+from offloadd.middleware import cors_headers
+from offloadd.stream import respond
+from offloadd.transcript import STOPPED_MESSAGE
+from offloadd.validate import parse_body
+
+STOP_ON_DISCONNECT = "X-Offloadd-Stop-On-Disconnect"
+URL_HEADERS = {
+    "status_url": "X-Offloadd-Status-Url",
+    "stream_events_url": "X-Offloadd-Stream-Url",
+    "stop_url": "X-Offloadd-Stop-Url",
+}
+
+
+class UpstreamFailed(ApiError):
+    """The offloaded call ended in error: answered as OpenAI answers its own errors."""
+
+    status = 502
+    code = "upstream_error"
+
+
+def _upstream_key(request: web.Request) -> str:
+    """The server's own key, else `X-OpenAI-API-Key`; with auth off, the SDK's own
+    `Authorization: Bearer` is the OpenAI key (a plain `base_url` swap)."""
+    config = request.app[CONFIG]
+    key = request.headers.get("X-OpenAI-API-Key") or config.upstream_key
+    bearer = request.headers.get("Authorization", "")
+    if not key and not config.auth and bearer[:7].lower() == "bearer ":
+        key = bearer[7:].strip()
+    if not key and config.uses_mock:
+        key = "offloadd-mock-key"
+    if not key:
+        raise Unauthorized(
+            "send your OpenAI key in `X-OpenAI-API-Key` (this server has none of its own)",
+            code="missing_openai_key",
+        )
+    return key
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    config, creator = request.app[CONFIG], request.app[CREATOR]
+    caller = api_key(request) if config.auth else None
+    await creator.admit(caller)
+    _check_json(request)
+    body = await _body(request, config)
+    chat = parse_body(body, config)
+    created = await creator.create(
+        NewRequest(
+            kind=1,
+            endpoint="/v1/chat/completions",
+            body=body,
+            chat=chat,
+            upstream_key=_upstream_key(request),
+            organization=request.headers.get("OpenAI-Organization")
+            or request.headers.get("X-OpenAI-Organization"),
+            base_url=public_base(request),
+            caller=caller,
+            created_at=time.time(),
+            idempotency_key=request.headers.get("Idempotency-Key"),
+        )
+    )
+    headers = _headers(created)
+    found = parse_url(created.answer["endpoints"]["status_url"])
+    assert found is not None  # we made this URL
+    loc = found[1]
+    if chat.stream:
+        stop = request.headers.get(STOP_ON_DISCONNECT, "").lower() in ("1", "true", "yes")
+        return await _follow(request, loc, headers, stop)
+    return await _completion(request, loc, headers)
+
+
+def _headers(created: Created) -> dict:
+    answer = created.answer
+    headers = {URL_HEADERS[k]: v for k, v in answer["endpoints"].items() if k in URL_HEADERS}
+    if token := answer["authorization"].get("bearer_token"):
+        headers["X-Offloadd-Bearer-Token"] = token
+    headers["X-Offloadd-Conversation-Id"] = answer["conversation_id"]
+    return {**headers, **(created.headers or {})}
+
+
+async def _follow(
+    request: web.Request, loc: Location, headers: dict, stop_on_disconnect: bool
+) -> web.StreamResponse:
+    """The request's transcript from its start: exactly the stream the SDK expects."""
+    path, runner = request.app[STORE].txt_path(loc), request.app[RUNNER]
+    try:
+        response = await respond(
+            request,
+            request.app[HUB],
+            path,
+            None,
+            {
+                **cors_headers(request),
+                **headers,
+            },
+        )
+    finally:  # the reader left before the end (or was cancelled as it left)
+        if stop_on_disconnect and runner.is_running(loc):
+            runner.cancel(loc.uuid)
+    return response
+
+
+async def _completion(request: web.Request, loc: Location, headers: dict) -> web.Response:
+    """`stream: false`: the `chat.completion` once the request is done."""
+    doc = await request.app[RUNNER].until_done(loc)
+    assert doc is not None
+    if doc["status"] == "done":
+        return web.json_response(doc["response"]["body"], headers=headers)
+    error = doc.get("error") or {"code": "stopped", "message": STOPPED_MESSAGE}
+    failed = UpstreamFailed(error["message"], code=error["code"])
+    status = error.get("upstream_status")
+    if error["code"] == "stopped" or doc["status"] == "stopped":
+        failed.status = 409
+    elif isinstance(status, int) and 400 <= status < 600:
+        failed.status = status
+    failed.headers = headers
+    raise failed
