@@ -94,6 +94,9 @@ class Completion:
                 index = _index(choice.get("index"), 0)
                 self.choices.setdefault(index, _Choice(index)).add(choice)
 
+    def empty(self) -> bool:
+        return not self.head and not self.choices
+
     @property
     def finish_reason(self) -> str | None:
         first = self.choices.get(0) or next(iter(self.choices.values()), None)

@@ -44,6 +44,9 @@ class Printer:
         if event.event == "status" or "error" in chunk:  # the first release named its end
             self.final = chunk
             return
+        if event.event and event.event.startswith("response."):  # the Responses API
+            self._response_event(chunk)
+            return
         if chunk.get("usage"):
             self.usage = chunk["usage"]
         for choice in chunk.get("choices") or ():
@@ -52,6 +55,15 @@ class Printer:
                 self.out.write(text)
                 self.out.flush()
                 self.tokens += 1
+
+    def _response_event(self, event: dict) -> None:
+        if event.get("type") == "response.output_text.delta" and event.get("output_index") == 0:
+            self.out.write(str(event.get("delta") or ""))
+            self.out.flush()
+            self.tokens += 1
+        usage = (event.get("response") or {}).get("usage")
+        if isinstance(usage, dict):
+            self.usage = {"completion_tokens": usage.get("output_tokens")}
 
     def summary(self) -> str:
         status = (self.final or {}).get("status", "unknown")
@@ -90,7 +102,12 @@ async def follow(
 
 
 async def ask(
-    server: str, body: dict, api_key: str | None, openai_key: str | None, out: TextIO
+    server: str,
+    body: dict,
+    api_key: str | None,
+    openai_key: str | None,
+    out: TextIO,
+    api: str = "offloadgpt",
 ) -> int:
     """Create a request, print its answer as it streams; Ctrl-C stops it on the server."""
     headers = {}
@@ -99,16 +116,12 @@ async def ask(
     if openai_key:
         headers["X-OpenAI-API-Key"] = openai_key
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(sock_connect=10)) as session:
-        async with session.post(
-            f"{server.rstrip('/')}/v1/stream-chatgpt", json=body, headers=headers
-        ) as resp:
-            answer = await resp.json(content_type=None)
-        if answer.get("status") != "success":
-            error = answer.get("error") or {}
-            print(f"offloadd: {error.get('code')}: {error.get('message')}", file=sys.stderr)
+        if api == "responses":
+            answer, urls, token = await _create_response(session, server, body, headers)
+        else:
+            answer, urls, token = await _create(session, server, body, headers)
+        if answer is None:
             return EXIT_ERROR
-        urls = answer["endpoints"]
-        token = answer["authorization"].get("bearer_token")
         auth = {"Authorization": f"Bearer {token}"} if token else {}
         printer = Printer(out, out.isatty())
         interrupted = _on_interrupt(session, urls["stop_url"], auth)
@@ -117,6 +130,35 @@ async def ask(
         if interrupted.is_set():
             return EXIT_INTERRUPTED
         return EXIT_ERROR if (printer.final or {}).get("status") == "error" else EXIT_OK
+
+
+async def _create(session, server: str, body: dict, headers: dict) -> tuple:
+    async with session.post(
+        f"{server.rstrip('/')}/v1/stream-chatgpt", json=body, headers=headers
+    ) as resp:
+        answer = await resp.json(content_type=None)
+    if answer.get("status") != "success":
+        return _failed(answer)
+    return answer, answer["endpoints"], answer["authorization"].get("bearer_token")
+
+
+async def _create_response(session, server: str, body: dict, headers: dict) -> tuple:
+    """The Responses API in background mode: the URLs come in the answer's headers."""
+    messages = body.pop("messages")
+    body = {**body, "input": messages, "background": True}
+    async with session.post(f"{server.rstrip('/')}/v1/responses", json=body, headers=headers) as r:
+        answer = await r.json(content_type=None)
+        if r.status != 200:
+            return _failed(answer)
+        urls = {"stream_events_url": r.headers["X-Offloadd-Stream-Url"]}
+        urls["stop_url"] = r.headers["X-Offloadd-Stop-Url"]
+        return answer, urls, r.headers.get("X-Offloadd-Bearer-Token")
+
+
+def _failed(answer: dict) -> tuple:
+    error = answer.get("error") or {}
+    print(f"offloadd: {error.get('code')}: {error.get('message')}", file=sys.stderr)
+    return None, {}, None
 
 
 async def follow_url(url: str, token: str | None, out: TextIO) -> int:

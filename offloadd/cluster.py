@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from offloadd.config import Config
+from offloadd.dialects import for_endpoint
 from offloadd.endings import Endings, error_of
 from offloadd.layout import Location
 from offloadd.registry import Registry
@@ -87,7 +88,8 @@ class Housekeeping:
             return False
         fd = self.store.open_stream(loc)
         try:
-            found = recover(self.store.txt_path(loc))
+            dialect = for_endpoint((doc.get("request") or {}).get("endpoint"))
+            found = recover(self.store.txt_path(loc), dialect.assembly())
             if found.ended:
                 return False  # it ended; only its marker was left behind
             endings = self.endings

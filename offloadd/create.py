@@ -15,10 +15,12 @@ from datetime import UTC, datetime
 from offloadd.access import allows, authorization, new_token, private_fields
 from offloadd.config import Config
 from offloadd.continuation import continued_messages, earlier_location
+from offloadd.dialects import CHAT, RESPONSES, Dialect
 from offloadd.errors import BadRequest, NotFound, Unavailable
 from offloadd.idempotency import Idempotency, with_token
 from offloadd.keys import Charge, KeyStore
 from offloadd.layout import Location
+from offloadd.responses import continued_input, location_of
 from offloadd.runner import Runner
 from offloadd.status import TERMINAL, create_answer, new_document
 from offloadd.store import Store
@@ -39,6 +41,7 @@ class NewRequest:
     created_at: float
     idempotency_key: str | None = None
     endpoint: str | None = None  # when not the kind's own (the OpenAI-compatible API)
+    dialect: Dialect = CHAT
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,7 @@ class Creator:
     async def create(self, new: NewRequest) -> Created:
         options = new.chat.options
         earlier = await self._earlier(new) if options.from_status_url else None
+        previous = await self._previous(new) if new.chat.previous_response_id else None
         webhook = self.webhooks.check_url(options.webhook_url) if options.webhook_url else None
         scope = hashlib.sha256((new.caller or "").encode()).hexdigest()
         idem = new.idempotency_key
@@ -83,7 +87,7 @@ class Creator:
             access = options.access or (earlier or {}).get("authorization", {}).get("access")
             if access == "private":
                 token = self.idempotency.token(scope, idem) if idem else new_token()
-            answer = await self._start(new, earlier, webhook, token)
+            answer = await self._start(new, earlier, webhook, token, previous)
         except BaseException:  # nothing that was not started is counted, or remembered
             if charge and self.keys:
                 await self.keys.refund(charge)
@@ -112,11 +116,29 @@ class Creator:
             )
         return doc
 
+    async def _previous(self, new: NewRequest) -> dict:
+        """The finished response `previous_response_id` names, held by this server."""
+        rid = new.chat.previous_response_id or ""
+        loc = location_of(rid)
+        doc = await self.runner.document(loc) if loc else None
+        if doc is None or doc["status"] not in TERMINAL:
+            raise NotFound(
+                f"no finished response {rid!r} on this server", code="previous_response_not_found"
+            )
+        return doc
+
     async def _start(
-        self, new: NewRequest, earlier: dict | None, webhook: str | None, token: str | None
+        self,
+        new: NewRequest,
+        earlier: dict | None,
+        webhook: str | None,
+        token: str | None,
+        previous: dict | None = None,
     ) -> dict:
         """Make the files, start the task; the create answer."""
         options, parameters = new.chat.options, new.chat.parameters
+        if previous is not None:
+            parameters = {**parameters, "input": continued_input(previous, parameters["input"])}
         loc = Location.new("priv" if token else "pub", datetime.fromtimestamp(new.created_at, UTC))
         if earlier:
             messages = continued_messages(earlier, parameters["messages"])
@@ -137,10 +159,15 @@ class Creator:
         )
         if token:
             doc.update(private_fields(token))
+        if new.dialect is RESPONSES:
+            doc["background"] = new.chat.background
+            doc["previous_response_id"] = new.chat.previous_response_id
         if webhook:
             doc["webhook"] = {"url": shown_url(webhook), "status": "pending", "attempts": 0}
         await asyncio.to_thread(self.store.create, loc, doc)  # both files, or neither
-        call = Call(parameters, new.upstream_key, new.organization, options.connect_timeout)
+        call = Call(
+            parameters, new.upstream_key, new.organization, options.connect_timeout, new.dialect
+        )
         try:
             usage_added = new.chat.usage_added
             await self.runner.start(loc, doc, call, usage_added, options.timeout, webhook)

@@ -15,7 +15,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from offloadd.assemble import Completion
+from offloadd.dialects import Assembly
 from offloadd.layout import Location
 from offloadd.status import finished
 from offloadd.store import StorageError, Store, append
@@ -46,12 +46,12 @@ class Endings:
         self._lock = threading.Lock()  # orphans are ended in a worker thread
 
     def finalize(
-        self, doc: dict, completion: Completion, last_id: int, status: str, error: dict | None
+        self, doc: dict, completion: Assembly, last_id: int, status: str, error: dict | None
     ) -> bytes:
         """Bring the document to its final state; the bytes that end its stream. An answer
         that cannot be assembled ends the request `error` rather than leaving it running."""
         try:
-            body = completion.body() if completion.head or last_id else None
+            body = None if completion.empty() and not last_id else completion.body()
         except Exception:
             log.exception("the answer of %s could not be assembled", doc.get("conversation_id"))
             body, status = None, "error"

@@ -1,4 +1,5 @@
-"""A stand-in for OpenAI's Chat Completions API (SPEC §8), for tests, benchmarks and a first try.
+"""A stand-in for OpenAI's Chat Completions and Responses APIs (SPEC §8), for tests,
+benchmarks and a first try (the Responses API is in `mock_responses.py`).
 
 It is an external server as far as offloadd is concerned: it imports nothing of
 offloadd's server modules, and offloadd reaches it over HTTP like any upstream.
@@ -80,7 +81,10 @@ def make_mock_app() -> web.Application:
     client connection is seen at once, not at the next write."""
     app = web.Application()
     app[SEEN] = []
+    from offloadd.mock_responses import responses  # it builds on this module
+
     app.router.add_post("/v1/chat/completions", _completions)
+    app.router.add_post("/v1/responses", responses)
     app.router.add_get("/v1/models", _models)
     app.router.add_get("/_mock/requests", _requests)
     app.router.add_delete("/_mock/requests", _clear)

@@ -11,6 +11,7 @@ unless it sent `X-Offloadd-Stop-On-Disconnect: true`.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from aiohttp import web
 
@@ -39,7 +40,7 @@ class UpstreamFailed(ApiError):
     code = "upstream_error"
 
 
-def _upstream_key(request: web.Request) -> str:
+def sdk_upstream_key(request: web.Request) -> str:
     """The server's own key, else `X-OpenAI-API-Key`; with auth off, the SDK's own
     `Authorization: Bearer` is the OpenAI key (a plain `base_url` swap)."""
     config = request.app[CONFIG]
@@ -70,7 +71,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             endpoint="/v1/chat/completions",
             body=body,
             chat=chat,
-            upstream_key=_upstream_key(request),
+            upstream_key=sdk_upstream_key(request),
             organization=request.headers.get("OpenAI-Organization")
             or request.headers.get("X-OpenAI-Organization"),
             base_url=public_base(request),
@@ -79,17 +80,17 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             idempotency_key=request.headers.get("Idempotency-Key"),
         )
     )
-    headers = _headers(created)
+    headers = url_headers(created)
     found = parse_url(created.answer["endpoints"]["status_url"])
     assert found is not None  # we made this URL
     loc = found[1]
     if chat.stream:
         stop = request.headers.get(STOP_ON_DISCONNECT, "").lower() in ("1", "true", "yes")
-        return await _follow(request, loc, headers, stop)
-    return await _completion(request, loc, headers)
+        return await follow(request, loc, headers, stop)
+    return await completion(request, loc, headers)
 
 
-def _headers(created: Created) -> dict:
+def url_headers(created: Created) -> dict:
     answer = created.answer
     headers = {URL_HEADERS[k]: v for k, v in answer["endpoints"].items() if k in URL_HEADERS}
     if token := answer["authorization"].get("bearer_token"):
@@ -98,7 +99,7 @@ def _headers(created: Created) -> dict:
     return {**headers, **(created.headers or {})}
 
 
-async def _follow(
+async def follow(
     request: web.Request, loc: Location, headers: dict, stop_on_disconnect: bool
 ) -> web.StreamResponse:
     """The request's transcript from its start: exactly the stream the SDK expects."""
@@ -120,12 +121,23 @@ async def _follow(
     return response
 
 
-async def _completion(request: web.Request, loc: Location, headers: dict) -> web.Response:
-    """`stream: false`: the `chat.completion` once the request is done."""
+async def completion(
+    request: web.Request,
+    loc: Location,
+    headers: dict,
+    render: Callable[[dict], dict] = lambda doc: doc["response"]["body"],
+) -> web.Response:
+    """`stream: false`: the answer once the request is done (`render` makes it of the
+    document: a `chat.completion`, or a Responses API object); failures as OpenAI's."""
     doc = await request.app[RUNNER].until_done(loc)
     assert doc is not None
     if doc["status"] == "done":
-        return web.json_response(doc["response"]["body"], headers=headers)
+        return web.json_response(render(doc), headers=headers)
+    raise failure(doc, headers)
+
+
+def failure(doc: dict, headers: dict) -> ApiError:
+    """A request that ended in error or was stopped, as the SDK's exception."""
     error = doc.get("error") or {"code": "stopped", "message": STOPPED_MESSAGE}
     failed = UpstreamFailed(error["message"], code=error["code"])
     status = error.get("upstream_status")
@@ -134,4 +146,4 @@ async def _completion(request: web.Request, loc: Location, headers: dict) -> web
     elif isinstance(status, int) and 400 <= status < 600:
         failed.status = status
     failed.headers = headers
-    raise failed
+    return failed

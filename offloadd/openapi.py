@@ -159,12 +159,76 @@ def _chat_completions(config: Config) -> dict:
                     "headers": headers,
                     "content": {
                         "application/json": {"schema": {"type": "object"}},
-                        "text/event-stream": {"schema": {"type": "string"}},
+                        "text/event-stream": {"schema": {}},
                     },
                 },
                 **_errors(400, 401, 404, 409, 413, 415, 429, 502, 503),
             },
         }
+    }
+
+
+_RESPONSE_ID = [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}]
+_RESPONSE = {"type": "object", "required": ["id", "object", "status"]}
+
+
+def _responses() -> dict:
+    """OpenAI's Responses API, background mode included."""
+    body = {
+        "type": "object",
+        "required": ["input"],
+        "properties": {
+            "input": {"type": ["string", "array"], "minLength": 1, "minItems": 1},
+            "model": {"type": "string", "minLength": 1},
+            "stream": {"type": ["boolean", "null"]},
+            "background": {"type": ["boolean", "null"]},
+            "previous_response_id": {"type": ["string", "null"]},
+        },
+        "additionalProperties": True,
+    }
+    answer = {
+        "description": "the response object (queued in background mode), or its event stream",
+        "content": {
+            "application/json": {"schema": _RESPONSE},
+            "text/event-stream": {"schema": {}},
+        },
+    }
+    return {
+        "/v1/responses": {
+            "post": {
+                "summary": "OpenAI Responses API, offloaded (`stream`, `background`)",
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": body}},
+                },
+                "responses": {
+                    "200": answer,
+                    **_errors(400, 401, 404, 409, 413, 415, 429, 502, 503),
+                },
+            }
+        },
+        "/v1/responses/{id}": {
+            "get": {
+                "summary": "The response so far, or (`stream=true&starting_after=N`) its events",
+                "parameters": [
+                    *_RESPONSE_ID,
+                    {"name": "stream", "in": "query", "schema": {"enum": ["true", "false"]}},
+                    {"name": "starting_after", "in": "query", "schema": {"type": "integer"}},
+                ],
+                "responses": {
+                    "200": answer,
+                    "204": {"description": "nothing after `starting_after`: the stream ended"},
+                    **_errors(400, 404),
+                },
+            }
+        },
+        "/v1/responses/{id}/cancel": {
+            "post": {
+                "summary": "Cancel (closes the upstream connection); idempotent",
+                "parameters": _RESPONSE_ID,
+                "responses": {"200": _json(_RESPONSE, "the response"), **_errors(404)},
+            }
+        },
     }
 
 
@@ -200,6 +264,7 @@ def document(config: Config) -> dict:
             "/v1/stream-chatgpt": _create("Create a request to follow as an event stream", config),
             "/v1/async-chatgpt": _create("Create a request to poll", config),
             "/v1/chat/completions": _chat_completions(config),
+            **_responses(),
             f"{_BASE}.json": {
                 "get": {
                     "summary": "The status document",
@@ -218,7 +283,7 @@ def document(config: Config) -> dict:
                     "responses": {
                         "200": {
                             "description": "the stream",
-                            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                            "content": {"text/event-stream": {"schema": {}}},
                         },
                         "204": {"description": "the reader already has the whole stream"},
                         **_errors(404),

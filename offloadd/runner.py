@@ -17,8 +17,8 @@ from pathlib import Path
 
 import orjson
 
-from offloadd.assemble import Completion
 from offloadd.config import Config
+from offloadd.dialects import Assembly, Dialect
 from offloadd.endings import Endings, error_of
 from offloadd.layout import Location
 from offloadd.metrics import Metrics
@@ -49,7 +49,8 @@ class Run:
     fd: int
     usage_added: bool
     timeout: float
-    completion: Completion = field(default_factory=Completion)
+    dialect: Dialect
+    completion: Assembly = field(init=False)
     event_id: int = 0
     flushed_at: float = 0.0
     cancel_reason: str = "stop"
@@ -57,6 +58,9 @@ class Run:
     webhook_url: str | None = None
     path: Path = Path()  # of the `.txt`, for the readers' hub
     flushing: asyncio.Future | None = None  # the status write in a worker thread, if any
+
+    def __post_init__(self) -> None:
+        self.completion = self.dialect.assembly()
 
 
 class Runner:
@@ -97,7 +101,7 @@ class Runner:
     ) -> None:
         """Run a request whose files exist; its create answer need not wait for the upstream."""
         fd = await asyncio.to_thread(self._claim, loc)
-        run = Run(loc, doc, fd, usage_added, timeout)
+        run = Run(loc, doc, fd, usage_added, timeout, call.dialect)
         run.webhook_url = webhook_url
         run.path = self.store.txt_path(loc)
         self.runs[loc.uuid] = run
@@ -248,7 +252,8 @@ class Runner:
         run.completion.add(chunk)
         if not is_forced_usage(chunk, run.usage_added):
             run.event_id += 1
-            append(run.fd, chunk_record(run.event_id, raw, self.config.retry_ms))
+            name = run.dialect.event_name(chunk)
+            append(run.fd, chunk_record(run.event_id, raw, self.config.retry_ms, name))
             self.on_append(run.path)
         doc = run.doc
         now = time.monotonic()

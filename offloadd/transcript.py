@@ -25,13 +25,13 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiofiles
 import orjson
 
-from offloadd.assemble import Completion
+from offloadd.dialects import Assembly
 from offloadd.sse import DONE, Event, SSEParser, encode_event
 
 END = b"data: [DONE]\n\n"  # every finished transcript ends with these bytes
@@ -39,9 +39,10 @@ READ = 64 * 1024  # bytes read from disk at a time when scanning
 STOPPED_MESSAGE = "the request was stopped before the model completed it"
 
 
-def chunk_record(event_id: int, raw: bytes, retry_ms: int) -> bytes:
-    """One upstream chunk as its event; the first also tells browsers when to reconnect."""
-    return encode_event(event_id, raw, retry=retry_ms if event_id == 1 else None)
+def chunk_record(event_id: int, raw: bytes, retry_ms: int, name: str | None = None) -> bytes:
+    """One upstream chunk as its event (named for the Responses API's typed events); the
+    first also tells browsers when to reconnect."""
+    return encode_event(event_id, raw, name, retry=retry_ms if event_id == 1 else None)
 
 
 def is_forced_usage(chunk: dict, usage_added: bool) -> bool:
@@ -78,24 +79,24 @@ def finished(path: Path) -> bool:
 class Recovered:
     """What a transcript adds up to, read back from disk."""
 
+    completion: Assembly
     ended: bool = False
     last_id: int = 0
-    completion: Completion = field(default_factory=Completion)
 
 
-def recover(path: Path) -> Recovered:
+def recover(path: Path, assembly: Assembly) -> Recovered:
     """Read a transcript whose writer is gone: a torn last record is cut off (so the
-    file ends at a record boundary again), the chunks are folded into a completion."""
+    file ends at a record boundary again), the chunks are folded into `assembly`."""
     raw = path.read_bytes()
     whole = raw.rfind(b"\n\n") + 2
     if whole < len(raw):
         os.truncate(path, whole)
-    found = Recovered()
+    found = Recovered(completion=assembly)
     for event in SSEParser().feed(raw[:whole]):
         found.last_id = _id(event) or found.last_id
         if event.data == DONE:
             found.ended = True
-        elif event.event in (None, "usage") and event.data.startswith(b"{"):
+        elif event.event != "status" and event.data.startswith(b"{"):
             with contextlib.suppress(orjson.JSONDecodeError):
                 chunk = orjson.loads(event.data)
                 if isinstance(chunk, dict) and "error" not in chunk:

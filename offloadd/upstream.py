@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import aiohttp
 import orjson
 
+from offloadd.dialects import CHAT, Dialect
 from offloadd.sse import DONE, SSEParser
 
 KEPT_HEADERS = ("x-request-id", "openai-processing-ms", "openai-version", "openai-model")
@@ -49,6 +50,7 @@ class Call:
     key: str
     organization: str | None
     connect_timeout: float
+    dialect: Dialect = CHAT
 
     def scrub(self, text: str) -> str:
         """Remove the key (and anything shaped like one) from text the upstream sent back."""
@@ -77,7 +79,7 @@ class Upstream:
         self, session: aiohttp.ClientSession, base_url: str, retries: int, max_wait: float
     ):
         self.session = session
-        self.url = base_url.rstrip("/") + "/chat/completions"
+        self.base_url = base_url.rstrip("/")
         self.retries, self.max_wait = retries, max_wait
 
     async def open(self, call: Call) -> Reply:
@@ -104,7 +106,7 @@ class Upstream:
         )
         try:
             resp = await self.session.post(
-                self.url,
+                self.base_url + call.dialect.path,
                 data=orjson.dumps(call.parameters),
                 headers={**headers, "Content-Type": "application/json"},
                 timeout=timeout,
@@ -135,7 +137,15 @@ class Upstream:
                         return
                     if event.data:
                         data = call.scrub_bytes(event.data)
-                        yield data, _chunk(data, call)
+                        chunk = _chunk(data, call)
+                        yield data, chunk
+                        if failed := call.dialect.failure(chunk):
+                            code, message = failed
+                            raise UpstreamError(
+                                "upstream_error", call.scrub(message or f"the upstream: {code}")
+                            )
+                        if call.dialect.is_terminal(chunk):
+                            return
         except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as e:
             message = call.scrub(f"the upstream connection broke: {e}")
             raise UpstreamError("upstream_disconnected", message) from None

@@ -43,6 +43,8 @@ class ChatRequest:
     parameters: dict  # what goes upstream: the client's fields, stream forced on
     usage_added: bool  # offloadd asked for include_usage, the client did not
     stream: bool = False  # the caller asked for a stream (as the OpenAI API reads `stream`)
+    background: bool = False  # Responses API: answer at once, run on
+    previous_response_id: str | None = None  # Responses API: continue that response
 
 
 def parse_body(raw: bytes, config: Config) -> ChatRequest:
@@ -53,7 +55,7 @@ def parse_body(raw: bytes, config: Config) -> ChatRequest:
         raise BadRequest(f"the body is not valid JSON: {e}", code="invalid_json") from None
     if not isinstance(body, dict):
         raise BadRequest("the body must be a JSON object", code="invalid_json")
-    options = _options(body, config)
+    options = options_of(body, config)
     params = {k: v for k, v in body.items() if k not in OWN_FIELDS}
     params["messages"] = messages(body.get("messages"))
     params.setdefault("model", config.default_model)
@@ -110,7 +112,7 @@ def _message(i: int, message: object) -> None:
         )
 
 
-def _options(body: dict, config: Config) -> Options:
+def options_of(body: dict, config: Config) -> Options:
     access = body.get("access")
     if access is not None and access not in ACCESS:
         raise BadRequest("`access` must be `public` or `private`", code="invalid_access")

@@ -48,6 +48,7 @@ from offloadd.middleware import cors_middleware, error_middleware, preflight
 from offloadd.mock import make_mock_app
 from offloadd.openai_api import chat_completions
 from offloadd.registry import Registry
+from offloadd.responses_api import cancel_response, create_response, retrieve_response
 from offloadd.retention import collect
 from offloadd.runner import Runner
 from offloadd.store import Store
@@ -90,6 +91,9 @@ def make_app(
     app.router.add_post("/v1/stream-chatgpt", create)
     app.router.add_post("/v1/async-chatgpt", create)
     app.router.add_post("/v1/chat/completions", counting_creates(chat_completions))
+    app.router.add_post("/v1/responses", counting_creates(create_response))
+    app.router.add_get("/v1/responses/{id}", retrieve_response)
+    app.router.add_post("/v1/responses/{id}/cancel", cancel_response)
     app.router.add_get(f"{ROUTE}.json", status)
     app.router.add_get(f"{ROUTE}.txt", events)
     app.router.add_route("GET", f"{ROUTE}/stop", stop)

@@ -38,6 +38,20 @@ class TestAsk:
         assert text.startswith("hello from the terminal\n[done · 4 tokens · ")
         assert "\033[" not in text  # not a terminal: plain text
 
+    async def test_with_the_responses_api(self, spawn, tmp_path):
+        daemon = await spawn(
+            "serve", "--data", str(tmp_path / "data"), "--upstream-url", "mock", "--no-auth"
+        )
+        proc = await _run(
+            "ask", "a responses question", "--server", daemon.url, "--api", "responses"
+        )
+        out, err = await asyncio.wait_for(proc.communicate(), 30)
+        assert proc.returncode == 0, err
+        assert out.decode().startswith("a responses question\n[done · 3 tokens · ")
+        [status_file] = list((tmp_path / "data").rglob("*.json"))
+        doc = orjson.loads(status_file.read_bytes())
+        assert doc["request"]["endpoint"] == "/v1/responses" and doc["background"] is True
+
     async def test_ctrl_c_stops_the_request_on_the_server(
         self, serve_with_mock, mock_process, tmp_path, http
     ):

@@ -1,0 +1,96 @@
+"""OpenAI's Responses API over offloaded requests, for any upstream that speaks it:
+`POST /v1/responses` (streamed, not, or `background: true`), `GET /v1/responses/{id}`
+(the object so far, or `?stream=true&starting_after=N` to resume its events), and
+`POST /v1/responses/{id}/cancel`. Unlike OpenAI's hosted background mode, a stream can
+be resumed, and a response read, until retention removes it."""
+
+from __future__ import annotations
+
+import time
+
+from aiohttp import web
+
+from offloadd.appkeys import CONFIG, CREATOR, HUB, RUNNER, STORE
+from offloadd.create import NewRequest
+from offloadd.dialects import RESPONSES, RESPONSES_ENDPOINT
+from offloadd.errors import BadRequest, NotFound
+from offloadd.handlers import _body, _check_json, api_key, public_base
+from offloadd.layout import Location, parse_url
+from offloadd.middleware import cors_headers
+from offloadd.openai_api import (
+    STOP_ON_DISCONNECT,
+    completion,
+    follow,
+    sdk_upstream_key,
+    url_headers,
+)
+from offloadd.responses import location_of, parse_responses_body, response_id, served
+from offloadd.stream import respond
+
+
+async def create_response(request: web.Request) -> web.StreamResponse:
+    config, creator = request.app[CONFIG], request.app[CREATOR]
+    caller = api_key(request) if config.auth else None
+    await creator.admit(caller)
+    _check_json(request)
+    body = await _body(request, config)
+    chat = parse_responses_body(body, config)
+    created = await creator.create(
+        NewRequest(
+            kind=1,
+            endpoint=RESPONSES_ENDPOINT,
+            dialect=RESPONSES,
+            body=body,
+            chat=chat,
+            upstream_key=sdk_upstream_key(request),
+            organization=request.headers.get("OpenAI-Organization"),
+            base_url=public_base(request),
+            caller=caller,
+            created_at=time.time(),
+            idempotency_key=request.headers.get("Idempotency-Key"),
+        )
+    )
+    found = parse_url(created.answer["endpoints"]["status_url"])
+    assert found is not None  # we made this URL
+    loc = found[1]
+    rid = response_id(loc)
+    headers = {**url_headers(created), "X-Offloadd-Response-Id": rid}
+    if chat.stream:
+        stop = request.headers.get(STOP_ON_DISCONNECT, "").lower() in ("1", "true", "yes")
+        return await follow(request, loc, headers, stop)
+    if chat.background:
+        doc = await request.app[RUNNER].document(loc)
+        assert doc is not None
+        return web.json_response(served(doc, rid), headers=headers)
+    return await completion(request, loc, headers, lambda doc: served(doc, rid))
+
+
+async def _response(request: web.Request) -> tuple[str, Location, dict]:
+    rid = request.match_info["id"]
+    loc = location_of(rid)
+    doc = await request.app[RUNNER].document(loc) if loc else None
+    if loc is None or doc is None or doc["request"]["endpoint"] != RESPONSES_ENDPOINT:
+        raise NotFound(f"no response with id {rid!r}", code="response_not_found")
+    return rid, loc, doc
+
+
+async def retrieve_response(request: web.Request) -> web.StreamResponse:
+    rid, loc, doc = await _response(request)
+    if request.query.get("stream") not in ("true", "1"):
+        return web.json_response(served(request.app[RUNNER].with_answer(loc, doc), rid))
+    after = request.query.get("starting_after")
+    if after is not None and not (after.isascii() and after.isdigit() and len(after) <= 18):
+        raise BadRequest("`starting_after` must be a sequence number", code="invalid_parameter")
+    # events are recorded with ids 1, 2, …: sequence number N is id N + 1
+    last_id = int(after) + 1 if after is not None else None
+    path = request.app[STORE].txt_path(loc)
+    return await respond(request, request.app[HUB], path, last_id, cors_headers(request))
+
+
+async def cancel_response(request: web.Request) -> web.Response:
+    """Cancel (closing the upstream connection); a finished response is answered as it is."""
+    rid, loc, _ = await _response(request)
+    doc = await request.app[RUNNER].stop(loc)
+    if doc is None:
+        raise NotFound(f"no response with id {rid!r}", code="response_not_found")
+    return web.json_response(served(doc, rid))
