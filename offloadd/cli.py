@@ -14,7 +14,7 @@ from aiohttp import web
 
 from offloadd.cli_client import ask, follow
 from offloadd.cli_keys import keys
-from offloadd.cli_options import DATA_OPTION
+from offloadd.cli_options import DATA_OPTION, KEYS_OPTION
 from offloadd.config import MOCK, OPENAI_URL, Config
 from offloadd.logs import setup
 from offloadd.mock import make_mock_app
@@ -205,6 +205,7 @@ def main() -> None:
     envvar="OFFLOADD_MAX_CONNECTIONS",
     help="Connections served at once per process; more are answered 503.",
 )
+@KEYS_OPTION
 @click.option("--log-level", default="INFO", show_default=True, envvar="OFFLOADD_LOG_LEVEL")
 def serve(**options) -> None:
     """Run the daemon."""
@@ -219,6 +220,7 @@ def serve(**options) -> None:
         default_model=options["default_model"],
         auth=not options["no_auth"],
         plans_file=options["plans_file"],
+        keys_url=options["keys_url"],
         allow_private_webhooks=options["allow_private_webhooks"],
         webhook_secret=options["webhook_secret"],
         max_timeout=options["max_timeout"],

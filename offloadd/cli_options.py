@@ -14,6 +14,12 @@ DATA_OPTION = click.option(
     envvar="OFFLOADD_DATA",
     help="Data directory (holds the key database).",
 )
+KEYS_OPTION = click.option(
+    "--keys",
+    "keys_url",
+    envvar="OFFLOADD_KEYS",
+    help="Key store: postgresql://… (shared by several hosts); default SQLite in --data.",
+)
 PLANS_OPTION = click.option(
     "--plans",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),

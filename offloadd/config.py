@@ -23,6 +23,8 @@ class Config:
     default_model: str = "gpt-3.5-turbo"
     auth: bool = True
     plans_file: Path | None = None
+    # Where keys and their usage live: None for SQLite under `data`, or postgresql://…
+    keys_url: str | None = None
     # Limits a request may ask for (SPEC §1, the original's documented ranges).
     max_timeout: float = 90.0
     default_timeout: float = 90.0

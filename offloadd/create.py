@@ -87,7 +87,7 @@ class Creator:
             access = options.access or (earlier or {}).get("authorization", {}).get("access")
             if access == "private":
                 token = self.idempotency.token(scope, idem) if idem else new_token()
-            answer = await self._start(new, earlier, webhook, token, previous)
+            answer = await self._start(new, earlier, webhook, token, previous, charge)
         except BaseException:  # nothing that was not started is counted, or remembered
             if charge and self.keys:
                 await self.keys.refund(charge)
@@ -134,6 +134,7 @@ class Creator:
         webhook: str | None,
         token: str | None,
         previous: dict | None = None,
+        charge: Charge | None = None,
     ) -> dict:
         """Make the files, start the task; the create answer."""
         options, parameters = new.chat.options, new.chat.parameters
@@ -170,7 +171,7 @@ class Creator:
         )
         try:
             usage_added = new.chat.usage_added
-            await self.runner.start(loc, doc, call, usage_added, options.timeout, webhook)
+            await self.runner.start(loc, doc, call, usage_added, options.timeout, webhook, charge)
         except BaseException:
             await asyncio.to_thread(self.store.remove, loc)
             raise

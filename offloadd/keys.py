@@ -29,6 +29,7 @@ from typing import Protocol
 from offloadd.errors import TooManyRequests, Unauthorized
 
 DB_NAME = "offloadd.sqlite3"
+USAGE_COLUMNS = ("name", "prefix", "plan", "period", "requests", "tokens", "estimated_tokens")
 KEY_PREFIX = "ofd_"
 DEFAULT_PLANS = {
     "free": {"monthly": 1000, "per_minute": 10},
@@ -59,6 +60,7 @@ class Plan:
     name: str
     monthly: int | None
     per_minute: int | None
+    monthly_tokens: int | None = None  # prompt + completion tokens a month
 
 
 @dataclass(frozen=True)
@@ -92,7 +94,12 @@ def load_plans(path: Path | None) -> dict[str, Plan]:
         text = path.read_text()
         raw = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
     return {
-        name: Plan(name, (v or {}).get("monthly"), (v or {}).get("per_minute"))
+        name: Plan(
+            name,
+            (v or {}).get("monthly"),
+            (v or {}).get("per_minute"),
+            (v or {}).get("monthly_tokens"),
+        )
         for name, v in raw.items()
     }
 
@@ -121,6 +128,7 @@ class KeyStore(Protocol):
     async def charge(self, key: str) -> Charge: ...
     async def refund(self, charge: Charge) -> None: ...
     async def check(self, key: str) -> None: ...
+    async def add_tokens(self, charge: Charge, tokens: int, estimated: bool) -> None: ...
 
 
 class SQLiteKeys:
@@ -144,6 +152,10 @@ class SQLiteKeys:
             db.execute("PRAGMA synchronous=NORMAL")
             db.execute("PRAGMA busy_timeout=10000")
             db.executescript(SCHEMA)
+            columns = {row[1] for row in db.execute("PRAGMA table_info(usage)")}
+            for column in ("tokens", "estimated_tokens"):  # added with token budgets
+                if column not in columns:
+                    db.execute(f"ALTER TABLE usage ADD COLUMN {column} INTEGER NOT NULL DEFAULT 0")
             self._db = db
         return self._db
 
@@ -167,6 +179,16 @@ class SQLiteKeys:
     async def refund(self, charge: Charge) -> None:
         await self._call(self._refund, charge)
 
+    async def add_tokens(self, charge: Charge, tokens: int, estimated: bool) -> None:
+        await self._call(self._add_tokens, charge, tokens, estimated)
+
+    def _add_tokens(self, charge: Charge, tokens: int, estimated: bool) -> None:
+        self.db().execute(
+            "UPDATE usage SET tokens = tokens + ?, estimated_tokens = estimated_tokens + ? "
+            "WHERE key_id = ? AND period = ?",
+            (tokens, tokens if estimated else 0, charge.key_id, charge.period),
+        )
+
     def _lookup(self, key: str) -> tuple[int, Plan]:
         row = (
             self.db()
@@ -188,9 +210,9 @@ class SQLiteKeys:
         period, minute = month_period(now), f"m{int(now // 60)}"
         db.execute("BEGIN IMMEDIATE")
         try:
-            month_used = self._count(key_id, period)
-            minute_used = self._count(key_id, minute)
-            limits = _limits(plan, month_used, minute_used, now)
+            month_used, tokens_used = self._count(key_id, period)
+            minute_used, _ = self._count(key_id, minute)
+            limits = limits_for(plan, month_used, minute_used, tokens_used, now)
             db.execute(
                 "DELETE FROM usage WHERE key_id = ? AND period LIKE 'm%' AND period != ?",
                 (key_id, minute),
@@ -210,13 +232,16 @@ class SQLiteKeys:
             key_id, period, limits and Limits(limits.limit, limits.remaining - 1, limits.reset)
         )
 
-    def _count(self, key_id: int, period: str) -> int:
+    def _count(self, key_id: int, period: str) -> tuple[int, int]:
         row = (
             self.db()
-            .execute("SELECT count FROM usage WHERE key_id = ? AND period = ?", (key_id, period))
+            .execute(
+                "SELECT count, tokens FROM usage WHERE key_id = ? AND period = ?",
+                (key_id, period),
+            )
             .fetchone()
         )
-        return row[0] if row else 0
+        return (row[0], row[1]) if row else (0, 0)
 
     def _refund(self, charge: Charge) -> None:
         self.db().execute(
@@ -265,18 +290,25 @@ class SQLiteKeys:
         rows = (
             self.db()
             .execute(
-                "SELECT k.name, k.prefix, k.plan, u.period, u.count FROM usage u "
+                "SELECT k.name, k.prefix, k.plan, u.period, u.count, u.tokens, "
+                "u.estimated_tokens FROM usage u "
                 "JOIN keys k ON k.id = u.key_id WHERE u.period NOT LIKE 'm%' "
                 "ORDER BY u.period DESC, k.name"
             )
             .fetchall()
         )
-        names = ("name", "prefix", "plan", "period", "requests")
+        names = USAGE_COLUMNS
         return [dict(zip(names, row, strict=True)) for row in rows]
 
 
-def _limits(plan: Plan, month_used: int, minute_used: int, now: float) -> Limits | None:
-    """The figures to report before this request, or TooManyRequests if it may not run."""
+def limits_for(
+    plan: Plan, month_used: int, minute_used: int, tokens_used: int, now: float
+) -> Limits | None:
+    """The figures to report before this request, or TooManyRequests if it may not run.
+    Shared by every key store, so they all refuse alike."""
+    if plan.monthly_tokens is not None and tokens_used >= plan.monthly_tokens:
+        spent = Limits(plan.monthly_tokens, 0, _month_reset(now))
+        raise _over(f"the monthly budget of {plan.monthly_tokens} tokens is used up", spent)
     month = plan.monthly is not None and Limits(
         plan.monthly, plan.monthly - month_used, _month_reset(now)
     )

@@ -20,6 +20,7 @@ import orjson
 from offloadd.config import Config
 from offloadd.dialects import Assembly, Dialect
 from offloadd.endings import Endings, error_of
+from offloadd.keys import Charge, KeyStore
 from offloadd.layout import Location
 from offloadd.metrics import Metrics
 from offloadd.registry import Registry
@@ -29,6 +30,7 @@ from offloadd.status import (
     processing,
     progressed,
     public_view,
+    tokens_used,
     webhook_outcome,
     with_body,
 )
@@ -58,6 +60,7 @@ class Run:
     webhook_url: str | None = None
     path: Path = Path()  # of the `.txt`, for the readers' hub
     flushing: asyncio.Future | None = None  # the status write in a worker thread, if any
+    charge: Charge | None = None  # what the create counted, for the tokens used
 
     def __post_init__(self) -> None:
         self.completion = self.dialect.assembly()
@@ -75,9 +78,11 @@ class Runner:
         webhooks: Webhooks,
         registry: Registry,
         metrics: Metrics,
+        keys: KeyStore | None = None,  # with auth on: token budgets are counted here
     ):
         self.store, self.upstream, self.config, self.endings = store, upstream, config, endings
         self.webhooks, self.registry, self.metrics = webhooks, registry, metrics
+        self.keys = keys
         self.on_append: Callable[[Path], None] = lambda path: None
         self.runs: dict[str, Run] = {}
         self.deliveries: set[asyncio.Task] = set()
@@ -98,11 +103,12 @@ class Runner:
         usage_added: bool,
         timeout: float,
         webhook_url: str | None = None,
+        charge: Charge | None = None,
     ) -> None:
         """Run a request whose files exist; its create answer need not wait for the upstream."""
         fd = await asyncio.to_thread(self._claim, loc)
         run = Run(loc, doc, fd, usage_added, timeout, call.dialect)
-        run.webhook_url = webhook_url
+        run.webhook_url, run.charge = webhook_url, charge
         run.path = self.store.txt_path(loc)
         self.runs[loc.uuid] = run
         run.task = asyncio.create_task(self._run(run, call), name=f"offloadd-run-{loc.uuid}")
@@ -228,6 +234,26 @@ class Runner:
             self.registry.release(run.loc)
             if run.webhook_url:
                 self._deliver(run, run.webhook_url)
+            if run.charge is not None and self.keys is not None:
+                self._count_tokens(run.charge, run.doc)
+
+    def _count_tokens(self, charge: Charge, doc: dict) -> None:
+        """Count the tokens the request used against its key's budget, in a task."""
+        keys = self.keys
+        assert keys is not None
+        tokens, estimated = tokens_used(doc)
+
+        async def count() -> None:
+            try:
+                await keys.add_tokens(charge, tokens, estimated)
+            except Exception:
+                log.exception(
+                    "request %s: its tokens could not be counted", doc.get("conversation_id")
+                )
+
+        task = asyncio.create_task(count(), name="offloadd-tokens")
+        self.deliveries.add(task)
+        task.add_done_callback(self.deliveries.discard)
 
     def _deliver(self, run: Run, url: str) -> None:
         """Post the final document to the request's webhook, in a task of its own."""

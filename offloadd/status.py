@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import orjson
+
 from offloadd.layout import Location, url_prefix
 
 KINDS = {1: "/v1/stream-chatgpt", 2: "/v1/async-chatgpt"}
@@ -141,6 +143,20 @@ def finished(
     request["request_time"] = round(now - (request["processed_at"] or now), 3)
     request["total_time"] = round(now - request["request_at"], 3)
     doc["events"] = events
+
+
+def tokens_used(doc: dict) -> tuple[int, bool]:
+    """Tokens a finished request used, for token budgets: the upstream's own count
+    (prompt + completion), or — stopped or failed before usage arrived — an estimate
+    of about four characters a token over the prompt and the answer (True: estimated)."""
+    body = (doc.get("response") or {}).get("body") or {}
+    usage = body.get("usage") if isinstance(body, dict) else None
+    if isinstance(usage, dict) and isinstance(usage.get("total_tokens"), int):
+        return usage["total_tokens"], False
+    params = doc.get("parameters") or {}
+    prompt = orjson.dumps(params.get("messages") or params.get("input") or "")
+    answer = orjson.dumps(body.get("choices") or body.get("output") or "") if body else b""
+    return -(-(len(prompt) + len(answer)) // 4), True
 
 
 def webhook_outcome(doc: dict, outcome: dict) -> None:

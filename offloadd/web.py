@@ -107,7 +107,16 @@ def make_app(
 
 async def _keys_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
-    keys = app[KEYS] = SQLiteKeys(config.data, load_plans(config.plans_file))
+    plans = load_plans(config.plans_file)
+    if config.keys_url:
+        from offloadd.keys_pg import PostgresKeys
+
+        pg = PostgresKeys(config.keys_url, plans)
+        app[KEYS] = pg
+        yield
+        await pg.close()
+        return
+    keys = app[KEYS] = SQLiteKeys(config.data, plans)
     yield
     keys.close()
 
@@ -149,6 +158,7 @@ async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
             webhooks=webhooks,
             registry=Registry(config.data, config.owner_stale_seconds),
             metrics=app[METRICS],
+            keys=app.get(KEYS),
         )
         app[METRICS].running = lambda: runner.running
         app[CREATOR] = Creator(
