@@ -205,6 +205,13 @@ def main() -> None:
     envvar="OFFLOADD_MAX_CONNECTIONS",
     help="Connections served at once per process; more are answered 503.",
 )
+@click.option(
+    "--owner-stale",
+    default=10.0,
+    show_default=True,
+    envvar="OFFLOADD_OWNER_STALE",
+    help="Seconds without a heartbeat after which another daemon's requests are ended.",
+)
 @KEYS_OPTION
 @click.option("--log-level", default="INFO", show_default=True, envvar="OFFLOADD_LOG_LEVEL")
 def serve(**options) -> None:
@@ -221,6 +228,7 @@ def serve(**options) -> None:
         auth=not options["no_auth"],
         plans_file=options["plans_file"],
         keys_url=options["keys_url"],
+        owner_stale_seconds=options["owner_stale"],
         allow_private_webhooks=options["allow_private_webhooks"],
         webhook_secret=options["webhook_secret"],
         max_timeout=options["max_timeout"],

@@ -183,9 +183,9 @@ def free_port() -> int:
 class Daemon:
     """A real `offloadd` process (serve or mock-upstream) on a free loopback port."""
 
-    def __init__(self, *args: str, ready: bytes = b"listening", **popen):
+    def __init__(self, *args: str, ready: bytes = b"listening", wrap: tuple = (), **popen):
         self.port = free_port()
-        self.args, self.ready, self.popen = args, ready, popen
+        self.args, self.ready, self.popen, self.wrap = args, ready, popen, wrap
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: asyncio.subprocess.Process | None = None
         self.output = b""
@@ -195,6 +195,7 @@ class Daemon:
         import sys
 
         self.proc = await asyncio.create_subprocess_exec(
+            *self.wrap,  # e.g. `unshare …`: another host, as far as the daemon can tell
             sys.executable,
             "-m",
             "offloadd",
@@ -218,7 +219,20 @@ class Daemon:
             self.output += chunk
 
     def signal(self, sig: int) -> None:
-        self.proc.send_signal(sig)
+        """Signal the daemon itself (inside a wrapper such as `unshare`, its last child)."""
+        import os
+
+        pid = self.proc.pid
+        while self.wrap:
+            try:
+                with open(f"/proc/{pid}/task/{pid}/children") as f:
+                    children = f.read().split()
+            except OSError:
+                break
+            if not children:
+                break
+            pid = int(children[0])
+        os.kill(pid, sig)
 
     async def wait(self, timeout: float = 30) -> int:
         code = await asyncio.wait_for(self.proc.wait(), timeout)
@@ -242,8 +256,8 @@ async def spawn():
     """Start real daemons; all are stopped at the end of the test."""
     daemons: list[Daemon] = []
 
-    async def start(*args: str, ready: bytes = b"listening", **popen) -> Daemon:
-        daemon = await Daemon(*args, ready=ready, **popen).start()
+    async def start(*args: str, ready: bytes = b"listening", wrap: tuple = (), **popen) -> Daemon:
+        daemon = await Daemon(*args, ready=ready, wrap=wrap, **popen).start()
         daemons.append(daemon)
         return daemon
 
