@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from load import cpu_seconds, rss_bytes, worker  # noqa: E402
 
 TOKENS, DELAY_MS = 100, 20
-EVENTS_PER_STREAM = TOKENS + 5  # role chunk, tokens, finish, usage, status, [DONE]
+EVENTS_PER_STREAM = TOKENS + 3  # role chunk, tokens, finish, [DONE] (no usage asked for)
 POINTS = [(10, 1), (10, 10), (40, 25), (100, 100)]
 
 
@@ -275,7 +275,8 @@ async def stop_latency(base: str, mock_url: str, n: int) -> dict:
                 await resp.read()
             while True:
                 async with s.get(f"{mock_url}/_mock/requests") as resp:
-                    [seen] = (await resp.json())["requests"]
+                    seen_all = (await resp.json())["requests"]
+                [seen] = [r for r in seen_all if r["model"] == body["model"]]
                 if seen["closed_at"]:
                     out.append((seen["closed_at"] - t0) * 1000)
                     break
