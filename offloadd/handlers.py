@@ -141,13 +141,20 @@ async def create(request: web.Request) -> web.StreamResponse:
     return await counting_creates(_create)(request)
 
 
+async def read_create(request: web.Request) -> tuple[str | None, bytes]:
+    """What every create endpoint reads first, in this order: the caller's key (401
+    before anything else), the content type and size, then the body (in time)."""
+    config = request.app[CONFIG]
+    caller = api_key(request) if config.auth else None
+    await request.app[CREATOR].admit(caller)
+    _check_json(request)
+    return caller, await _body(request, config)
+
+
 async def _create(request: web.Request) -> web.Response:
     """Translate the HTTP request into a `NewRequest`; the rules live in `create.py`."""
     config, creator = request.app[CONFIG], request.app[CREATOR]
-    caller = api_key(request) if config.auth else None
-    await creator.admit(caller)
-    _check_json(request)
-    body = await _body(request, config)
+    caller, body = await read_create(request)
     new = NewRequest(
         kind=1 if request.path == "/v1/stream-chatgpt" else 2,
         body=body,

@@ -110,7 +110,9 @@ def _dumps(obj: object) -> str:
     return orjson.dumps(obj).decode()
 
 
-async def _completions(request: web.Request) -> web.StreamResponse:
+async def intake(request: web.Request) -> tuple[Seen, Behaviour] | web.Response:
+    """What both APIs of the mock do first: read and record the request, refuse it as
+    OpenAI would (bad JSON, no key) or as its model asks (`mock?status=429`)."""
     auth = request.headers.get("Authorization", "")
     try:
         body = orjson.loads(await request.read())
@@ -127,6 +129,15 @@ async def _completions(request: web.Request) -> web.StreamResponse:
     if behaviour.status:
         key = auth.removeprefix("Bearer ")
         return _error(behaviour.status, retry_after=behaviour.retry_after, key=key)
+    return entry, behaviour
+
+
+async def _completions(request: web.Request) -> web.StreamResponse:
+    admitted = await intake(request)
+    if isinstance(admitted, web.Response):
+        return admitted
+    entry, behaviour = admitted
+    model, body = entry.model, entry.body
     words = _tokens(body, behaviour)
     if not body.get("stream"):
         entry.finished = True

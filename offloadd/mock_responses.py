@@ -11,7 +11,7 @@ import uuid
 import orjson
 from aiohttp import web
 
-from offloadd.mock import SEEN, Behaviour, Seen, _dumps, _error, _fault
+from offloadd.mock import Behaviour, Seen, _dumps, _fault, intake
 
 
 def _words(body: dict, behaviour: Behaviour) -> list[str]:
@@ -51,22 +51,11 @@ def _message(mid: str, text: str, status: str) -> dict:
 
 
 async def responses(request: web.Request) -> web.StreamResponse:
-    auth = request.headers.get("Authorization", "")
-    try:
-        body = orjson.loads(await request.read())
-    except orjson.JSONDecodeError:
-        return _error(400, "We could not parse the JSON body of your request.")
-    if not isinstance(body, dict):
-        return _error(400, "The body must be a JSON object.")
-    model = str(body.get("model") or "mock")
-    entry = Seen(model, bool(auth), bool(body.get("stream")), body)
-    request.app[SEEN].append(entry)
-    behaviour = Behaviour.from_model(model)
-    if not auth:
-        return _error(401, "You didn't provide an API key.")
-    if behaviour.status:
-        key = auth.removeprefix("Bearer ")
-        return _error(behaviour.status, retry_after=behaviour.retry_after, key=key)
+    admitted = await intake(request)
+    if isinstance(admitted, web.Response):
+        return admitted
+    entry, behaviour = admitted
+    model, body = entry.model, entry.body
     words = _words(body, behaviour)
     rid, mid = f"resp_mock{uuid.uuid4().hex}", f"msg_{uuid.uuid4().hex[:24]}"
     if not body.get("stream"):

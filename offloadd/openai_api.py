@@ -18,7 +18,7 @@ from aiohttp import web
 from offloadd.appkeys import CONFIG, CREATOR, HUB, RUNNER, STORE
 from offloadd.create import Created, NewRequest
 from offloadd.errors import ApiError, Unauthorized
-from offloadd.handlers import _body, _check_json, api_key, public_base
+from offloadd.handlers import public_base, read_create
 from offloadd.layout import Location, parse_url
 from offloadd.middleware import cors_headers
 from offloadd.stream import respond
@@ -60,10 +60,7 @@ def sdk_upstream_key(request: web.Request) -> str:
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     config, creator = request.app[CONFIG], request.app[CREATOR]
-    caller = api_key(request) if config.auth else None
-    await creator.admit(caller)
-    _check_json(request)
-    body = await _body(request, config)
+    caller, body = await read_create(request)
     chat = parse_body(body, config)
     created = await creator.create(
         NewRequest(

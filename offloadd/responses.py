@@ -11,12 +11,10 @@ from __future__ import annotations
 import re
 from typing import Any
 
-import orjson
-
 from offloadd.config import Config
 from offloadd.errors import BadRequest
 from offloadd.layout import Location
-from offloadd.validate import OWN_FIELDS, ChatRequest, options_of
+from offloadd.validate import OWN_FIELDS, ChatRequest, json_object, model_of, options_of
 
 RESPONSE_ID = re.compile(r"resp_(\d{14})([0-9a-f]{32})")
 NOT_SENT = ("background", "previous_response_id")  # offloadd does these itself
@@ -37,12 +35,7 @@ def location_of(rid: str) -> Location | None:
 
 def parse_responses_body(raw: bytes, config: Config) -> ChatRequest:
     """A Responses API create body; `input` is required, the rest passes through."""
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as e:
-        raise BadRequest(f"the body is not valid JSON: {e}", code="invalid_json") from None
-    if not isinstance(body, dict):
-        raise BadRequest("the body must be a JSON object", code="invalid_json")
+    body = json_object(raw)
     value = body.get("input")
     if not (isinstance(value, str) and value) and not (isinstance(value, list) and value):
         raise BadRequest("`input` must be a non-empty string or list", code="invalid_input")
@@ -53,9 +46,7 @@ def parse_responses_body(raw: bytes, config: Config) -> ChatRequest:
     if previous is not None and not isinstance(previous, str):
         raise BadRequest("`previous_response_id` must be a string", code="invalid_parameter")
     params = {k: v for k, v in body.items() if k not in OWN_FIELDS and k not in NOT_SENT}
-    params.setdefault("model", config.default_model)
-    if not isinstance(params["model"], str) or not params["model"]:
-        raise BadRequest("`model` must be a non-empty string", code="invalid_model")
+    model_of(params, config)
     asked_stream = params.get("stream") is True
     params["stream"] = True
     return ChatRequest(

@@ -14,7 +14,7 @@ from offloadd.appkeys import CONFIG, CREATOR, HUB, RUNNER, STORE
 from offloadd.create import NewRequest
 from offloadd.dialects import RESPONSES, RESPONSES_ENDPOINT
 from offloadd.errors import BadRequest, NotFound
-from offloadd.handlers import _body, _check_json, api_key, public_base
+from offloadd.handlers import public_base, read_create
 from offloadd.layout import Location, parse_url
 from offloadd.middleware import cors_headers
 from offloadd.openai_api import (
@@ -30,10 +30,7 @@ from offloadd.stream import respond
 
 async def create_response(request: web.Request) -> web.StreamResponse:
     config, creator = request.app[CONFIG], request.app[CREATOR]
-    caller = api_key(request) if config.auth else None
-    await creator.admit(caller)
-    _check_json(request)
-    body = await _body(request, config)
+    caller, body = await read_create(request)
     chat = parse_responses_body(body, config)
     created = await creator.create(
         NewRequest(

@@ -47,20 +47,31 @@ class ChatRequest:
     previous_response_id: str | None = None  # Responses API: continue that response
 
 
-def parse_body(raw: bytes, config: Config) -> ChatRequest:
-    """The create body, validated; raises BadRequest with a sentence a caller can act on."""
+def json_object(raw: bytes) -> dict:
+    """A create body must be one JSON object."""
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as e:
         raise BadRequest(f"the body is not valid JSON: {e}", code="invalid_json") from None
     if not isinstance(body, dict):
         raise BadRequest("the body must be a JSON object", code="invalid_json")
-    options = options_of(body, config)
-    params = {k: v for k, v in body.items() if k not in OWN_FIELDS}
-    params["messages"] = messages(body.get("messages"))
+    return body
+
+
+def model_of(params: dict, config: Config) -> None:
+    """`model`, defaulting to the server's."""
     params.setdefault("model", config.default_model)
     if not isinstance(params["model"], str) or not params["model"]:
         raise BadRequest("`model` must be a non-empty string", code="invalid_model")
+
+
+def parse_body(raw: bytes, config: Config) -> ChatRequest:
+    """The create body, validated; raises BadRequest with a sentence a caller can act on."""
+    body = json_object(raw)
+    options = options_of(body, config)
+    params = {k: v for k, v in body.items() if k not in OWN_FIELDS}
+    params["messages"] = messages(body.get("messages"))
+    model_of(params, config)
     stream_options = params.get("stream_options")
     if stream_options is None:
         stream_options = {}

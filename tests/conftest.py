@@ -157,6 +157,30 @@ def stream_text(events: list) -> str:
     return text
 
 
+@pytest.fixture
+async def sdk():
+    """`sdk(server, key, **headers)`: an official `openai.AsyncOpenAI` client on an `Api`'s
+    server (or a base URL), with the upstream key in `X-OpenAI-API-Key`; closed after."""
+    import openai
+
+    made: list = []
+
+    def make(server, key: str = "unused", **headers):
+        base = str(server.client.make_url("/v1")) if isinstance(server, Api) else server
+        client = openai.AsyncOpenAI(
+            base_url=base,
+            api_key=key,
+            max_retries=0,
+            default_headers={"X-OpenAI-API-Key": OPENAI_KEY, **headers},
+        )
+        made.append(client)
+        return client
+
+    yield make
+    for client in made:
+        await client.close()
+
+
 def file_of(data: Path, url: str) -> Path:
     """The file a conversation URL (status or stream) names under `data`."""
     from offloadd.layout import parse_url

@@ -13,26 +13,6 @@ from offloadd.sse import parse_all
 MESSAGES = [{"role": "user", "content": "hello from the sdk"}]
 
 
-@pytest.fixture
-async def sdk():
-    """`sdk(api, key, **headers)`: an AsyncOpenAI client on that server, closed at the end."""
-    made: list[openai.AsyncOpenAI] = []
-
-    def make(api, key: str = "unused", **headers) -> openai.AsyncOpenAI:
-        client = openai.AsyncOpenAI(
-            base_url=str(api.client.make_url("/v1")),
-            api_key=key,
-            max_retries=0,
-            default_headers={"X-OpenAI-API-Key": OPENAI_KEY, **headers},
-        )
-        made.append(client)
-        return client
-
-    yield make
-    for client in made:
-        await client.close()
-
-
 class TestChatCompletions:
     async def test_a_stream_live_with_the_request_urls_in_headers(self, sdk, api):
         raw = await sdk(api).chat.completions.with_raw_response.create(

@@ -8,33 +8,12 @@ import signal
 import openai
 import pytest
 
-from conftest import OPENAI_KEY
-
 LONG = "mock?tokens=300&delay_ms=10"
 
 
 @pytest.fixture
-async def sdk():
-    made: list[openai.AsyncOpenAI] = []
-
-    def make(base_url: str) -> openai.AsyncOpenAI:
-        client = openai.AsyncOpenAI(
-            base_url=base_url,
-            api_key="unused",
-            max_retries=0,
-            default_headers={"X-OpenAI-API-Key": OPENAI_KEY},
-        )
-        made.append(client)
-        return client
-
-    yield make
-    for client in made:
-        await client.close()
-
-
-@pytest.fixture
 def client(api, sdk) -> openai.AsyncOpenAI:
-    return sdk(str(api.client.make_url("/v1")))
+    return sdk(api)
 
 
 def _text(events) -> str:
