@@ -343,56 +343,6 @@ async def wait_status(http, url: str, *statuses: str, timeout: float = 15) -> di
             await asyncio.sleep(0.05)
 
 
-class Postgres:
-    """A real PostgreSQL server on a loopback port, in a temporary directory."""
-
-    def __init__(self, root: Path):
-        import glob
-        import shutil
-
-        bins = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
-        if not bins:
-            pytest.fail("PostgreSQL is missing: install Debian's postgresql (`sh tests/setup.sh`)")
-        self.bin = Path(bins[-1])
-        self.data, self.port = root / "pgdata", free_port()
-        self.dsn = f"postgresql://offloadd@127.0.0.1:{self.port}/postgres"
-        import os
-
-        self.as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-        if self.as_user:
-            shutil.chown(root, "postgres")
-        self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "offloadd", "-E", "UTF8")
-
-    def _run(self, tool: str, *args: str) -> None:
-        import subprocess
-
-        subprocess.run(
-            [*self.as_user, str(self.bin / tool), *args], check=True, capture_output=True
-        )
-
-    def start(self) -> None:
-        options = f"-p {self.port} -k {self.data} -c listen_addresses=127.0.0.1 -c fsync=off"
-        log = str(self.data / "server.log")
-        self._run("pg_ctl", "-D", str(self.data), "-o", options, "-l", log, "-w", "start")
-
-    def stop(self) -> None:
-        self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
-
-    async def new_database(self) -> str:
-        """A database of its own for one test; its DSN."""
-        import secrets
-
-        import asyncpg
-
-        name = "t_" + secrets.token_hex(6)
-        db = await asyncpg.connect(self.dsn)
-        try:
-            await db.execute(f"CREATE DATABASE {name}")
-        finally:
-            await db.close()
-        return self.dsn.rsplit("/", 1)[0] + "/" + name
-
-
 @pytest.fixture(scope="session")
 def postgres():
     """One server for the session (each test makes a database of its own); in a folder
@@ -402,9 +352,14 @@ def postgres():
     import subprocess
     import tempfile
 
+    from realworld import Postgres
+
     root = Path(tempfile.mkdtemp(prefix="offloadd-pg-"))
     try:
-        server = Postgres(root)
+        try:
+            server = Postgres(root)
+        except RuntimeError as e:
+            pytest.fail(str(e), pytrace=False)
         server.start()
         yield server
         with contextlib.suppress(subprocess.CalledProcessError):

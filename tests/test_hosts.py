@@ -6,89 +6,40 @@ their keys in one PostgreSQL server."""
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
 import signal
-import subprocess
-import time
-import uuid
-from pathlib import Path
 
 import pytest
+from realworld import SshfsExport, other_host
 
-from conftest import free_port, how_it_ended, require_binary, wait_status
+from conftest import how_it_ended, require_binary, wait_status
 from offloadd.sse import parse_all
 
-# What these tests found the mounts need: no attribute, entry or negative caching (a
-# reader polls sizes and names other hosts change) and no page cache (direct_io: a
-# reader's pread must reach the server, not a page read before the writer appended).
-MOUNT_OPTIONS = "attr_timeout=0,entry_timeout=0,negative_timeout=0,direct_io,dir_cache=no"
 LONG = {"messages": [{"role": "user", "content": "x"}], "model": "mock?tokens=400&delay_ms=10"}
 
 
 @pytest.fixture(scope="module")
 def export(tmp_path_factory):
-    """An sshd on loopback serving one directory over SFTP; yields (directory, mount)."""
-    sshd = require_binary("openssh-server", "sshd")
+    """An sshd on loopback serving one directory that each host mounts on its own."""
+    require_binary("openssh-server", "sshd")
     require_binary("sshfs", "sshfs")
-    if not os.path.exists("/dev/fuse"):
-        pytest.fail("no /dev/fuse: the sshfs tests need FUSE")
-    root = tmp_path_factory.mktemp("sshfs")
-    for name in ("hostkey", "clientkey"):
-        subprocess.run(
-            ["ssh-keygen", "-q", "-t", "ed25519", "-f", str(root / name), "-N", ""], check=True
-        )
-    shutil.copy(root / "clientkey.pub", root / "authorized_keys")
-    port = free_port()
-    (root / "sshd_config").write_text(
-        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {root}/hostkey\n"
-        f"AuthorizedKeysFile {root}/authorized_keys\nPermitRootLogin prohibit-password\n"
-        f"PasswordAuthentication no\nStrictModes no\nUsePAM no\nPidFile {root}/sshd.pid\n"
-        "Subsystem sftp internal-sftp\n"
-    )
-    Path("/run/sshd").mkdir(parents=True, exist_ok=True)
-    server = subprocess.Popen([sshd, "-D", "-e", "-f", str(root / "sshd_config")])
-    (root / "export").mkdir()
-    mounts: list[Path] = []
-
-    def mount(name: str) -> Path:
-        target = root / name
-        target.mkdir()
-        options = (
-            f"port={port},IdentityFile={root}/clientkey,StrictHostKeyChecking=no,"
-            f"UserKnownHostsFile=/dev/null,{MOUNT_OPTIONS}"
-        )
-        for _ in range(50):  # sshd may still be starting
-            done = subprocess.run(
-                ["sshfs", "-o", options, f"root@127.0.0.1:{root}/export", str(target)],
-                capture_output=True,
-            )
-            if done.returncode == 0:
-                mounts.append(target)
-                return target
-            time.sleep(0.1)
-        pytest.fail(f"sshfs would not mount: {done.stderr.decode()}")
-
-    yield root / "export", mount
-    for target in mounts:
-        subprocess.run(["fusermount3", "-u", "-z", str(target)], check=False)
-    server.terminate()
-    server.wait(10)
+    try:
+        served = SshfsExport(tmp_path_factory.mktemp("sshfs"))
+    except RuntimeError as e:
+        pytest.fail(str(e), pytrace=False)
+    yield served
+    served.close()
 
 
 @pytest.fixture
 async def hosts(export, serve_with_mock, mock_process, request):
     """Daemons A and B: other host names, other PID namespaces, other mounts, one export."""
-    directory, mount = export
     tag = request.node.name[-20:].replace("[", "").replace("]", "")
     daemons = []
     for host in ("host-a", "host-b"):
-        data = mount(f"{host}-{uuid.uuid4().hex[:8]}") / tag
+        data = export.mount(host) / tag
         data.mkdir(exist_ok=True)
-        wrap = ("unshare", "--uts", "--pid", "--fork", "--kill-child", "--")
-        wrap += ("sh", "-c", f'hostname {host} && exec "$@"', "sh")
-        daemons.append(await serve_with_mock(data, "--owner-stale", "3", wrap=wrap))
-    return directory / tag, daemons
+        daemons.append(await serve_with_mock(data, "--owner-stale", "3", wrap=other_host(host)))
+    return export.directory / tag, daemons
 
 
 def _on(url: str, daemon) -> str:
@@ -157,13 +108,11 @@ class TestQuotasAcrossHosts:
         args = ["keys", "create", "--name", "x", "--plan", "tiny", "--plans", str(plans)]
         created = await asyncio.to_thread(CliRunner().invoke, cli.main, [*args, "--keys", pg_dsn])
         key = created.output.strip().splitlines()[-1]
-        directory, mount = export
         daemons = []
         for host in ("host-c", "host-d"):
-            data = mount(f"{host}-{uuid.uuid4().hex[:8]}") / "q"
+            data = export.mount(host) / "q"
             data.mkdir(exist_ok=True)
-            wrap = ("unshare", "--uts", "--pid", "--fork", "--kill-child", "--")
-            wrap += ("sh", "-c", f'hostname {host} && exec "$@"', "sh")
+            wrap = other_host(host)
             upstream = ("--upstream-url", f"{mock_process.url}/v1", "--upstream-key", "sk-own")
             daemons.append(
                 await spawn(
