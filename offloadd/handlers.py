@@ -226,7 +226,7 @@ def accel(request: web.Request, loc: Location, suffix: str) -> web.Response | No
 
 async def status(request: web.Request) -> web.Response:
     loc, doc = await conversation(request)
-    if doc["status"] in TERMINAL and loc.uuid not in request.app[RUNNER].runs:
+    if doc["status"] in TERMINAL and not request.app[RUNNER].is_running(loc):
         if response := accel(request, loc, ".json"):
             return response
     doc = request.app[RUNNER].with_answer(loc, doc)
@@ -333,8 +333,8 @@ async def healthz(request: web.Request) -> web.Response:
     runner = request.app[RUNNER]
     body = {
         "status": "shutting_down" if runner.closing else "ok",
-        "running": len(runner.runs),
-        "daemon": runner.registry.owner,
+        "running": runner.running,
+        "daemon": runner.owner,
     }
     return web.json_response(body, status=503 if runner.closing else 200)
 

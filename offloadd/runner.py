@@ -92,6 +92,11 @@ class Runner:
     def running(self) -> int:
         return len(self.runs)
 
+    @property
+    def owner(self) -> str:
+        """This daemon's name among the daemons on the directory."""
+        return self.registry.owner
+
     def running_ids(self) -> set[str]:
         return set(self.runs)
 

@@ -326,3 +326,15 @@ class TestIdempotencyKey:
         )
         assert resp.status == 422
         assert (await resp.json())["error"]["code"] == "idempotency_key_reused"
+
+
+class TestAnyCreateBody:
+    @FUZZ
+    @given(st.dictionaries(st.text(max_size=20), JSON, max_size=6), st.booleans())
+    async def test_is_an_answer_or_a_json_error_never_a_5xx(self, api, fields, with_messages):
+        body = {**fields, "model": "mock?tokens=1"}
+        if with_messages:
+            body.setdefault("messages", [{"role": "user", "content": "x"}])
+        for path in ("/v1/stream-chatgpt", "/v1/chat/completions", "/v1/responses"):
+            resp = await api.client.post(path, json=body, headers={"X-OpenAI-API-Key": OPENAI_KEY})
+            _is_json_error(resp.status, await resp.read())
