@@ -150,7 +150,8 @@ def _chat_completions(config: Config) -> dict:
                 {
                     "name": "X-Offloadd-Stop-On-Disconnect",
                     "in": "header",
-                    "schema": {"enum": ["true", "false"]},
+                    "description": "`true`, `1` or `yes`: a disconnect stops the request",
+                    "schema": {"type": "string"},
                 },
             ],
             "responses": {

@@ -318,11 +318,22 @@ class Runner:
             await asyncio.wait({run.flushing})
             if not run.flushing.cancelled() and run.flushing.exception():
                 log.error("request %s: a status flush failed", run.loc.rel)
-        tail = self.endings.finalize(run.doc, run.completion, run.event_id, status, error)
-        status, error = run.doc["status"], run.doc["error"]
-        self.metrics.finished[run.doc["request"]["endpoint"], status] += 1
+        # The final document is made on a copy and served only once it is on disk, so a
+        # reader told `done` here finds the same on disk (or behind nginx).
+        final = orjson.loads(orjson.dumps(run.doc))
+        tail = self.endings.finalize(final, run.completion, run.event_id, status, error)
+        status, error = final["status"], final["error"]
+        self.metrics.finished[final["request"]["endpoint"], status] += 1
         if error and error["code"].startswith("upstream_"):
             self.metrics.upstream_errors[error["code"]] += 1
-        writing = asyncio.to_thread(self.endings.write, run.loc, run.doc, tail, run.fd)
-        await asyncio.shield(writing)
+        writing = asyncio.ensure_future(
+            asyncio.to_thread(self.endings.write, run.loc, final, tail, run.fd)
+        )
+        try:
+            await asyncio.shield(writing)
+        except asyncio.CancelledError:  # a stop during the write: its fd stays open till done
+            await asyncio.wait({writing})
+            raise
+        finally:
+            run.doc = final
         self.on_append(self.store.txt_path(run.loc))
