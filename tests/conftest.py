@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 from pathlib import Path
 
+import hypothesis
 import orjson
 import pytest
 from yarl import URL
@@ -30,6 +32,12 @@ SEED_BODY = {
     ]
 }
 OPENAI_KEY = "sk-test-Zq9offloaddSecretKey000"
+
+# The fuzzers (hypothesis, schemathesis) are deterministic in the test command, so a
+# green run is repeatable; `HYPOTHESIS_PROFILE=explore python -m pytest` draws new cases.
+hypothesis.settings.register_profile("repeatable", derandomize=True)
+hypothesis.settings.register_profile("explore", derandomize=False)
+hypothesis.settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "repeatable"))
 
 
 @pytest.fixture
