@@ -79,9 +79,14 @@ def public_base(request: web.Request) -> str:
     return f"{proto}://{host}"
 
 
-def upstream_key(request: web.Request) -> str:
+def upstream_key(request: web.Request, bearer_too: bool = False) -> str:
+    """`X-OpenAI-API-Key`, else the server's own key; for the OpenAI SDK's endpoints with
+    auth off (`bearer_too`), the SDK's own `Authorization: Bearer` (a plain base_url swap)."""
     config = request.app[CONFIG]
     key = request.headers.get("X-OpenAI-API-Key") or config.upstream_key
+    bearer = request.headers.get("Authorization", "")
+    if not key and bearer_too and not config.auth and bearer[:7].lower() == "bearer ":
+        key = bearer[7:].strip()
     if not key and config.uses_mock:
         key = MOCK_KEY
     if not key:

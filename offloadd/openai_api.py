@@ -17,13 +17,14 @@ from aiohttp import web
 
 from offloadd.appkeys import CONFIG, CREATOR, HUB, RUNNER, STORE
 from offloadd.create import Created, NewRequest
-from offloadd.errors import ApiError, Unauthorized
-from offloadd.handlers import public_base, read_create
+from offloadd.dialects import CHAT, Dialect
+from offloadd.errors import ApiError
+from offloadd.handlers import public_base, read_create, upstream_key
 from offloadd.layout import Location, parse_url
 from offloadd.middleware import cors_headers
 from offloadd.stream import respond
 from offloadd.transcript import STOPPED_MESSAGE
-from offloadd.validate import parse_body
+from offloadd.validate import ChatRequest, parse_body
 
 STOP_ON_DISCONNECT = "X-Offloadd-Stop-On-Disconnect"
 URL_HEADERS = {
@@ -40,35 +41,18 @@ class UpstreamFailed(ApiError):
     code = "upstream_error"
 
 
-def sdk_upstream_key(request: web.Request) -> str:
-    """The server's own key, else `X-OpenAI-API-Key`; with auth off, the SDK's own
-    `Authorization: Bearer` is the OpenAI key (a plain `base_url` swap)."""
-    config = request.app[CONFIG]
-    key = request.headers.get("X-OpenAI-API-Key") or config.upstream_key
-    bearer = request.headers.get("Authorization", "")
-    if not key and not config.auth and bearer[:7].lower() == "bearer ":
-        key = bearer[7:].strip()
-    if not key and config.uses_mock:
-        key = "offloadd-mock-key"
-    if not key:
-        raise Unauthorized(
-            "send your OpenAI key in `X-OpenAI-API-Key` (this server has none of its own)",
-            code="missing_openai_key",
-        )
-    return key
-
-
-async def chat_completions(request: web.Request) -> web.StreamResponse:
-    config, creator = request.app[CONFIG], request.app[CREATOR]
-    caller, body = await read_create(request)
-    chat = parse_body(body, config)
-    created = await creator.create(
+async def create_for_sdk(
+    request: web.Request, caller: str | None, body: bytes, chat: ChatRequest, dialect: Dialect
+) -> tuple[Created, Location]:
+    """The offloaded request behind an OpenAI SDK call, and where it lives."""
+    created = await request.app[CREATOR].create(
         NewRequest(
             kind=1,
-            endpoint="/v1/chat/completions",
+            endpoint=request.path,
+            dialect=dialect,
             body=body,
             chat=chat,
-            upstream_key=sdk_upstream_key(request),
+            upstream_key=upstream_key(request, bearer_too=True),
             organization=request.headers.get("OpenAI-Organization")
             or request.headers.get("X-OpenAI-Organization"),
             base_url=public_base(request),
@@ -77,13 +61,22 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             idempotency_key=request.headers.get("Idempotency-Key"),
         )
     )
-    headers = url_headers(created)
     found = parse_url(created.answer["endpoints"]["status_url"])
     assert found is not None  # we made this URL
-    loc = found[1]
+    return created, found[1]
+
+
+def stops_on_disconnect(request: web.Request) -> bool:
+    return request.headers.get(STOP_ON_DISCONNECT, "").lower() in ("1", "true", "yes")
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    caller, body = await read_create(request)
+    chat = parse_body(body, request.app[CONFIG])
+    created, loc = await create_for_sdk(request, caller, body, chat, CHAT)
+    headers = url_headers(created)
     if chat.stream:
-        stop = request.headers.get(STOP_ON_DISCONNECT, "").lower() in ("1", "true", "yes")
-        return await follow(request, loc, headers, stop)
+        return await follow(request, loc, headers, stops_on_disconnect(request))
     return await completion(request, loc, headers)
 
 

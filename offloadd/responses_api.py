@@ -6,22 +6,19 @@ be resumed, and a response read, until retention removes it."""
 
 from __future__ import annotations
 
-import time
-
 from aiohttp import web
 
-from offloadd.appkeys import CONFIG, CREATOR, HUB, RUNNER, STORE
-from offloadd.create import NewRequest
+from offloadd.appkeys import CONFIG, HUB, RUNNER, STORE
 from offloadd.dialects import RESPONSES, RESPONSES_ENDPOINT
 from offloadd.errors import BadRequest, NotFound
-from offloadd.handlers import public_base, read_create
-from offloadd.layout import Location, parse_url
+from offloadd.handlers import read_create
+from offloadd.layout import Location
 from offloadd.middleware import cors_headers
 from offloadd.openai_api import (
-    STOP_ON_DISCONNECT,
     completion,
+    create_for_sdk,
     follow,
-    sdk_upstream_key,
+    stops_on_disconnect,
     url_headers,
 )
 from offloadd.responses import location_of, parse_responses_body, response_id, served
@@ -29,32 +26,13 @@ from offloadd.stream import respond
 
 
 async def create_response(request: web.Request) -> web.StreamResponse:
-    config, creator = request.app[CONFIG], request.app[CREATOR]
     caller, body = await read_create(request)
-    chat = parse_responses_body(body, config)
-    created = await creator.create(
-        NewRequest(
-            kind=1,
-            endpoint=RESPONSES_ENDPOINT,
-            dialect=RESPONSES,
-            body=body,
-            chat=chat,
-            upstream_key=sdk_upstream_key(request),
-            organization=request.headers.get("OpenAI-Organization"),
-            base_url=public_base(request),
-            caller=caller,
-            created_at=time.time(),
-            idempotency_key=request.headers.get("Idempotency-Key"),
-        )
-    )
-    found = parse_url(created.answer["endpoints"]["status_url"])
-    assert found is not None  # we made this URL
-    loc = found[1]
+    chat = parse_responses_body(body, request.app[CONFIG])
+    created, loc = await create_for_sdk(request, caller, body, chat, RESPONSES)
     rid = response_id(loc)
     headers = {**url_headers(created), "X-Offloadd-Response-Id": rid}
     if chat.stream:
-        stop = request.headers.get(STOP_ON_DISCONNECT, "").lower() in ("1", "true", "yes")
-        return await follow(request, loc, headers, stop)
+        return await follow(request, loc, headers, stops_on_disconnect(request))
     if chat.background:
         doc = await request.app[RUNNER].document(loc)
         assert doc is not None
