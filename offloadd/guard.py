@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from aiohttp import web
@@ -53,7 +53,7 @@ class GuardedHandler(RequestHandler):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        assert isinstance(transport, asyncio.Transport)
+        transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass of it
         if len(self._manager.connections) > self._limits.max_connections:  # type: ignore[union-attr]
             message = "the server has as many connections as it takes; try again shortly"
             transport.write(raw_error(503, "too_many_connections", message))

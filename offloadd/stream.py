@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiofiles
@@ -25,7 +26,10 @@ from offloadd.sse import KEEPALIVE
 from offloadd.status import TERMINAL
 from offloadd.transcript import END, READ, abandoned_end, resume_offset
 
+log = logging.getLogger("offloadd.stream")
+
 WINDOW = 256 * 1024  # bytes of a file held in memory for readers that keep up
+LIVE_BUFFER = 64 * 1024  # a live reader whose unsent bytes pass this leaves the fast path
 RESUME_PATIENCE = 2.0  # seconds to wait for a Last-Event-ID this file does not hold yet
 SSE_HEADERS = {
     "Content-Type": "text/event-stream",
@@ -35,13 +39,34 @@ SSE_HEADERS = {
 
 
 IDLE = "idle"  # what a tail's waiters get when nothing was written for a keep-alive period
+LIVE_KEEPALIVE = b"%x\r\n%s\r\n" % (len(KEEPALIVE), KEEPALIVE)
+
+
+class Live:
+    """A reader that has caught up with its tail. The tail writes each new chunk straight
+    to its transport — framed once per chunk for all live readers, no task woken per
+    reader per event — while it keeps up; its task sleeps on `left` until it does not."""
+
+    __slots__ = ("transport", "chunked", "pos", "left")
+
+    def __init__(self, transport: asyncio.Transport, chunked: bool, pos: int):
+        self.transport, self.chunked, self.pos = transport, chunked, pos
+        self.left: asyncio.Future = asyncio.get_running_loop().create_future()
+
+    def can_take(self) -> bool:
+        transport = self.transport
+        return not transport.is_closing() and transport.get_write_buffer_size() <= LIVE_BUFFER
+
+    def leave(self) -> None:
+        if not self.left.done():
+            self.left.set_result(None)
 
 
 class Tail:
     """The growing end of one file, shared by all readers of it in this process."""
 
-    def __init__(self, path: Path):
-        self.path = path
+    def __init__(self, path: Path, metrics: Metrics):
+        self.path, self.metrics = path, metrics
         self.fd = os.open(path, os.O_RDONLY)
         self.size = os.fstat(self.fd).st_size
         self.start = self.size  # offset of the first byte held in `chunks`
@@ -50,9 +75,12 @@ class Tail:
         self.held = 0
         self._last = os.pread(self.fd, len(END), max(0, self.size - len(END)))
         self.done = self._last.endswith(END)
+        self.end = b""  # an end the file lacks (its writer could not write it), once known
         self.readers = 0
         self.active_at = asyncio.get_running_loop().time()
         self._waiters: list[asyncio.Future] = []
+        self.live: dict[Live, None] = {}
+        self.checking: asyncio.Task | None = None  # is the file abandoned? (see Hub)
 
     def poll(self) -> None:
         """Read what the file gained since the last poll, if anything."""
@@ -63,7 +91,8 @@ class Tail:
             self._feed(data)
 
     def _feed(self, data: bytes) -> None:
-        self.chunks.append((self.size, data, data.count(b"\n\n")))
+        offset, events = self.size, data.count(b"\n\n")
+        self.chunks.append((offset, data, events))
         self.size += len(data)
         self.held += len(data)
         while self.held > WINDOW and len(self.chunks) > 1:
@@ -72,6 +101,49 @@ class Tail:
             self.start = self.chunks[0][0]
         self._last = (self._last + data)[-len(END) :]
         self.done = self._last.endswith(END)
+        if self.live:
+            self._fan_out(offset, data, events)
+        self.wake(None)
+
+    def _fan_out(self, offset: int, data: bytes, events: int) -> None:
+        """The new bytes to every live reader that can take them now; the others, and all
+        of them at the end, go back to their tasks."""
+        framed = b"%x\r\n%s\r\n" % (len(data), data)
+        keep: dict[Live, None] = {}
+        for reader in self.live:
+            if reader.pos != offset or not reader.can_take():
+                reader.leave()
+                continue
+            reader.transport.write(framed if reader.chunked else data)
+            reader.pos += len(data)
+            keep[reader] = None
+        sent = len(keep)
+        if self.done:
+            for reader in keep:
+                reader.leave()
+            keep = {}
+        self.live = keep
+        self.metrics.bytes_delivered += sent * len(data)
+        self.metrics.events_delivered += sent * events
+
+    def keepalive(self) -> None:
+        """Nothing written for a keep-alive period: a comment to every reader, so proxies
+        and browsers keep the connection."""
+        for reader in list(self.live):
+            if reader.can_take():
+                reader.transport.write(LIVE_KEEPALIVE if reader.chunked else KEEPALIVE)
+            else:
+                del self.live[reader]
+                reader.leave()
+        self.wake(IDLE)
+
+    def abandon(self, end: bytes) -> None:
+        """The writer ended the request but could not write its end (full disk): readers
+        get this one instead, after what the file holds."""
+        self.end, self.done = end, True
+        live, self.live = self.live, {}
+        for reader in live:
+            reader.leave()
         self.wake(None)
 
     def wake(self, signal: str | None) -> None:
@@ -107,10 +179,23 @@ class Tail:
         self._waiters.append(waiter)
         return waiter
 
+    async def follow(self, reader: Live) -> int:
+        """Be written to by the tail until it sends the reader back; where it got to."""
+        self.live[reader] = None
+        try:
+            await reader.left
+            return reader.pos
+        finally:
+            self.live.pop(reader, None)
+
     def close(self) -> None:
         os.close(self.fd)
         for waiter in self._waiters:
             waiter.cancel()
+        for reader in self.live:
+            reader.left.cancel()
+        if self.checking is not None:
+            self.checking.cancel()
 
 
 class Hub:
@@ -150,21 +235,30 @@ class Hub:
                 self._keepalive(loop.time())
                 next_full = loop.time() + self.interval
 
-    async def _abandoned_end(self, path: Path) -> bytes | None:
-        """The end a writer could not write (full disk), once its status document is final."""
-        doc = await _final_document(path)
-        return await abandoned_end(path, doc, self.retry_ms) if doc else None
-
     def _keepalive(self, now: float) -> None:
+        """Idle tails: a keep-alive to their readers, and (once per tail, however many
+        readers it has) a look at whether its writer ended the request but not the file."""
         for tail in self.tails.values():
             if not tail.done and now - tail.active_at >= self.keepalive:
-                tail.wake(IDLE)
+                tail.keepalive()
+                if tail.checking is None:
+                    tail.checking = asyncio.create_task(self._check_abandoned(tail))
+
+    async def _check_abandoned(self, tail: Tail) -> None:
+        try:
+            doc = await _final_document(tail.path)
+            if doc is not None and not tail.done:
+                tail.abandon(await abandoned_end(tail.path, doc, self.retry_ms))
+        except Exception:  # the readers go on with keep-alives; the next idle period retries
+            log.exception("%s: could not tell whether it was abandoned", tail.path.name)
+        finally:
+            tail.checking = None
 
     @contextlib.asynccontextmanager
     async def tail(self, path: Path) -> AsyncIterator[Tail]:
         tail = self.tails.get(path)
         if tail is None:
-            tail = self.tails[path] = Tail(path)
+            tail = self.tails[path] = Tail(path, self.metrics)
         tail.readers += 1
         try:
             yield tail
@@ -174,15 +268,15 @@ class Hub:
                 del self.tails[path]
                 tail.close()
 
-    async def pump(self, path: Path, pos: int, write: Callable[[bytes], Awaitable]) -> None:
+    async def pump(self, path: Path, pos: int, out: Sink) -> None:
         """Send the file from byte `pos` on, then what is appended, until `[DONE]`."""
         self.metrics.readers += 1
         try:
-            await self._pump(path, pos, write)
+            await self._pump(path, pos, out)
         finally:
             self.metrics.readers -= 1
 
-    async def _pump(self, path: Path, pos: int, write: Callable[[bytes], Awaitable]) -> None:
+    async def _pump(self, path: Path, pos: int, out: Sink) -> None:
         metrics = self.metrics
         async with self.tail(path) as tail:
             while True:
@@ -192,17 +286,35 @@ class Hub:
                         data = await _read(path, pos, min(READ, tail.start - pos))
                         pieces = [(data, data.count(b"\n\n"))]
                     for piece, events in pieces:
-                        await write(piece)
+                        await out.write(piece)
                         pos += len(piece)
                         metrics.bytes_delivered += len(piece)
                         metrics.events_delivered += events
                 elif tail.done:
+                    if tail.end:
+                        await out.write(tail.end)
                     return
+                elif transport := out.ready():
+                    pos = await tail.follow(Live(transport, out.chunked, pos))
                 elif await tail.changed() == IDLE:
-                    if end := await self._abandoned_end(path):
-                        await write(end)  # the writer ended it but could not write its end
-                        return
-                    await write(KEEPALIVE)
+                    await out.write(KEEPALIVE)
+
+
+class Sink:
+    """Where a reader's bytes go: the response (slow path, with back-pressure) and its
+    transport and framing (the tail's fast path)."""
+
+    def __init__(self, request: web.Request, response: web.StreamResponse):
+        self.request, self.write = request, response.write
+        self.chunked = response.headers.get("Transfer-Encoding") == "chunked"
+
+    def ready(self) -> asyncio.Transport | None:
+        """The transport, when the fast path may write to it: open, and not backed up (a
+        reader sent back for back-pressure stays on `write`, which waits for it to drain)."""
+        transport = self.request.transport
+        if transport is None or transport.is_closing():
+            return None
+        return transport if transport.get_write_buffer_size() <= LIVE_BUFFER else None
 
 
 async def _final_document(path: Path) -> dict | None:
@@ -245,6 +357,6 @@ async def respond(
     response = web.StreamResponse(headers={**SSE_HEADERS, **headers})
     await response.prepare(request)
     with contextlib.suppress(ConnectionResetError):
-        await hub.pump(path, pos, response.write)
+        await hub.pump(path, pos, Sink(request, response))
         await response.write_eof()
     return response

@@ -4,7 +4,7 @@
 #     PostgreSQL, sshfs), with apt-get, when they are missing and we are root;
 #   - this package and its test extras, at exactly the versions in constraints.txt.
 # Refresh the pins (one command, in a throwaway virtual environment):
-#   python -m venv /tmp/lock && /tmp/lock/bin/pip install -e '.[test]' \
+#   python -m venv /tmp/lock && /tmp/lock/bin/pip install -e '.[test,bench]' \
 #     && /tmp/lock/bin/pip freeze --exclude-editable > constraints.txt
 set -eu
 cd "$(dirname "$0")/.."

@@ -164,6 +164,13 @@ class TestReaders:
         [tail] = [t for path, t in tails.items() if path.name in urls["stream_events_url"]]
         assert tail.readers == 20
         assert tail.held <= 256 * 1024 + 64 * 1024  # the window, not the whole answer
+        held_for_stalled = [
+            handler.transport.get_write_buffer_size()
+            for handler in api.client.server.runner.server.connections
+            if handler.transport is not None
+        ]
+        assert len(held_for_stalled) >= 20
+        assert max(held_for_stalled) <= 192 * 1024  # unsent bytes per reader stay bounded
         for writer in stalled:
             writer.close()
 

@@ -90,6 +90,30 @@ class TestLive:
         assert first == second == late == on_disk
         assert on_disk.endswith(b"data: [DONE]\n\n")
 
+    async def test_live_bytes_are_framed_right_for_http_1_0_and_1_1(self, api, data_dir):
+        """Readers that keep up get each chunk from the tail straight to their socket:
+        chunked for HTTP/1.1, as is for HTTP/1.0 (which ends by closing)."""
+        urls = (await api.create(model="mock?tokens=40&delay_ms=20"))["endpoints"]
+        path = "/" + urls["stream_events_url"].split("/", 3)[3]
+
+        async def raw_get(version: str) -> bytes:
+            reader, writer = await asyncio.open_connection("127.0.0.1", api.client.port)
+            writer.write(f"GET {path} HTTP/{version}\r\nHost: x\r\n\r\n".encode())
+            head = await reader.readuntil(b"\r\n\r\n")
+            if version == "1.0":
+                body = await reader.read()
+            else:
+                assert b"Transfer-Encoding: chunked" in head
+                body = b""
+                while size := int((await reader.readuntil(b"\r\n"))[:-2], 16):
+                    body += (await reader.readexactly(size + 2))[:-2]
+            writer.close()
+            return body
+
+        old, new = await asyncio.gather(raw_get("1.0"), raw_get("1.1"))
+        on_disk = file_of(data_dir, urls["stream_events_url"]).read_bytes()
+        assert old == new == on_disk and on_disk.endswith(b"data: [DONE]\n\n")
+
     async def test_keep_alive_comments_while_idle_are_not_written(self, make_api, data_dir):
         api = await make_api(keepalive_seconds=0.1)
         urls = (await api.create(model="mock?tokens=3&delay_ms=400"))["endpoints"]
@@ -122,6 +146,27 @@ class TestLive:
             f.write(b"id: 3\nevent: status\ndata: {}\n\nid: 4\ndata: [DONE]\n\n")
         raw = await asyncio.wait_for(reader, 5)
         assert raw == other.read_bytes()
+
+    async def test_readers_of_a_file_its_writer_could_not_end_learn_how_it_ended(
+        self, make_api, data_dir
+    ):
+        """The document is final but the `.txt` never got its end (the disk was full when
+        its writer ended it): every reader still gets the end, after what the file holds."""
+        api = await make_api(keepalive_seconds=0.1)
+        urls = (await api.create(model="mock?tokens=1"))["endpoints"]
+        await api.wait_status(urls["status_url"], "done")
+        src = file_of(data_dir, urls["stream_events_url"])
+        other = src.with_name("5f1b2c3d-6c55-4d41-9d36-0c1b6f0a1c2e.txt")
+        other.write_bytes(b'id: 1\nretry: 3000\ndata: {"a":1}\n\n')
+        doc = orjson.loads(src.with_suffix(".json").read_bytes())
+        doc.update(status="error", error={"code": "storage_error", "message": "disk full"})
+        other.with_suffix(".json").write_bytes(orjson.dumps(doc))
+        url = urls["stream_events_url"].replace(src.stem, other.stem)
+        many = await asyncio.wait_for(asyncio.gather(*(api.events(url) for _ in range(5))), 10)
+        for events in many:
+            assert events[0].data == b'{"a":1}'
+            assert how_it_ended(events)["error"]["code"] == "storage_error"
+            assert events[-1].data == b"[DONE]"
 
 
 class TestResume:
