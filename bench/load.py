@@ -14,8 +14,6 @@ import re
 import time
 from dataclasses import dataclass, field
 
-import aiohttp
-
 CONNECTING = 200  # connection attempts in flight per load-generator process
 STAMP = re.compile(rb'"content":" ?(\d{19})"')
 SEQ = re.compile(rb'"i":(\d+)')
@@ -31,6 +29,8 @@ class Result:
     cpu_seconds: float = 0.0
     first_stamp_ns: int = 0  # the earliest token sent, and the latest received: the run's span
     last_receipt_ns: int = 0
+    # connection attempt → response head, per reader: how long a new reader waits
+    first_byte_ns: array.array = field(default_factory=lambda: array.array("q"))
 
 
 def cpu_seconds(pid: int | None = None) -> float:
@@ -55,6 +55,8 @@ class Reader:
         self.expect = 1 if kind == "ids" else 0
         self.buf = b""
         self.done = False
+        self.connected_ns = 0  # TCP connected: events sent before are replay, not latency
+        self.started_ns = 0
 
     def feed(self, piece: bytes, now: int) -> None:
         self.buf += piece
@@ -88,7 +90,8 @@ class Reader:
         if m:
             stamp = int(m[1])
             result = self.result
-            result.latencies_ns.append(now - stamp)
+            if stamp >= self.connected_ns:  # sent after this reader connected: live
+                result.latencies_ns.append(now - stamp)
             if not result.first_stamp_ns or stamp < result.first_stamp_ns:
                 result.first_stamp_ns = stamp
             result.last_receipt_ns = max(result.last_receipt_ns, now)
@@ -98,37 +101,121 @@ class Reader:
             self.result.errors.append(message)
 
 
+class SSEClient(asyncio.Protocol):
+    """One reader on a raw connection: an HTTP/1.1 request, the response head, then the
+    body (de-chunked here) fed to its `Reader`. No HTTP client library between: the load
+    generator must cost less than what it measures."""
+
+    def __init__(self, reader: Reader, request: bytes, kind: str, expect: int, done, head_seen):
+        self.reader, self.request, self.kind, self.expect = reader, request, kind, expect
+        self.done, self.head_seen = done, head_seen
+        self.head = b""
+        self.in_body = False
+        self.chunked = False
+        self.buf = b""
+        self.need = 0  # > 0: payload bytes left in this chunk; < 0: CRLF bytes to skip
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        self.reader.connected_ns = time.time_ns()
+        transport.write(self.request)
+
+    def data_received(self, data: bytes) -> None:
+        now = time.time_ns()
+        if not self.in_body:
+            self.head += data
+            if b"\r\n\r\n" not in self.head:
+                return
+            head, data = self.head.split(b"\r\n\r\n", 1)
+            self.in_body = True
+            if not head.startswith(b"HTTP/1.1 200"):
+                self.reader.fail(f"HTTP {head[:40]!r}")
+                self.transport.close()
+                return
+            self.chunked = b"transfer-encoding: chunked" in head.lower()
+            self.reader.result.first_byte_ns.append(now - self.reader.started_ns)
+            self.head_seen()
+        if not self.chunked:
+            self._payload(data, now)
+            return
+        self.buf += data
+        buf = self.buf
+        while buf:
+            if self.need > 0:
+                piece, buf = buf[: self.need], buf[self.need :]
+                self.need -= len(piece)
+                if self.need == 0:
+                    self.need = -2
+                self._payload(piece, now)
+            elif self.need < 0:
+                skip = min(-self.need, len(buf))
+                buf, self.need = buf[skip:], self.need + skip
+            else:
+                line_end = buf.find(b"\r\n")
+                if line_end < 0:
+                    break
+                size = int(buf[:line_end].split(b";")[0], 16)
+                buf = buf[line_end + 2 :]
+                if size == 0:
+                    self.transport.close()
+                    break
+                self.need = size
+        self.buf = buf
+
+    def _payload(self, data: bytes, now: int) -> None:
+        self.reader.feed(data, now)
+        if self.kind == "seq" and self.reader.expect >= self.expect:
+            self.transport.close()
+
+    def connection_lost(self, exc) -> None:
+        if not self.done.done():
+            self.done.set_result(None)
+
+
 async def read_stream(
-    session,
     method: str,
     url: str,
     kind: str,
     result: Result,
     body: bytes | None,
-    connected: asyncio.Event,
     expect_events: int,
-    gate: list[int],
-    connecting: asyncio.Semaphore,
+    head_seen,
+    connecting: asyncio.Semaphore | None,
 ) -> None:
     reader = Reader(kind, result)
-    headers = {"Accept": "text/event-stream"}
+    host_port, _, path = url.split("://", 1)[1].partition("/")
+    host, port = host_port.split(":")
+    headers = f"Host: {host_port}\r\nAccept: text/event-stream\r\n"
     if body is not None:
-        headers = {**headers, "Content-Type": "application/json", "Authorization": "Bearer bench"}
+        headers += (
+            f"Content-Type: application/json\r\nAuthorization: Bearer bench\r\n"
+            f"Content-Length: {len(body)}\r\n"
+        )
+    request = f"{method} /{path} HTTP/1.1\r\n{headers}\r\n".encode() + (body or b"")
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+    seen = loop.create_future()
+
+    def on_head() -> None:
+        seen.set_result(None)
+        head_seen()
+
+    client = SSEClient(reader, request, kind, expect_events, done, on_head)
+
+    async def connect() -> None:
+        reader.started_ns = time.time_ns()
+        await loop.create_connection(lambda: client, host, int(port))
+
     try:
-        async with connecting:  # like browsers arriving, not a SYN flood
-            resp = await session.request(method, url, data=body, headers=headers)
-        async with resp:
-            if resp.status != 200:
-                reader.fail(f"HTTP {resp.status}")
-                return
-            gate[0] -= 1
-            if gate[0] == 0:
-                connected.set()
-            async for piece in resp.content.iter_any():
-                reader.feed(piece, time.time_ns())
-                if kind == "seq" and reader.expect >= expect_events:
-                    break
-    except (TimeoutError, aiohttp.ClientError) as e:
+        if connecting is None:  # a flash crowd: every reader at once
+            await connect()
+        else:
+            async with connecting:  # like browsers arriving, not a SYN flood
+                await connect()
+                await asyncio.wait([seen, done], return_when=asyncio.FIRST_COMPLETED)
+        await done
+    except OSError as e:
         reader.fail(f"{type(e).__name__}: {e}")
         return
     if kind == "ids" and not reader.done:
@@ -138,49 +225,43 @@ async def read_stream(
 
 
 async def run_readers(
-    targets: list[tuple[str, str, bytes | None]], kind: str, expect_events: int, ready, go
+    targets: list[tuple[str, str, bytes | None]], kind: str, expect_events: int, ready, flash
 ) -> Result:
-    """Open every reader, say so on `ready`, then read to the end."""
+    """Open every reader (paced, or all at once for a flash crowd), say so on `ready` when
+    all have their response head, then read to the end."""
     result = Result(readers=len(targets))
     connected = asyncio.Event()
     gate = [len(targets)]
-    connecting = asyncio.Semaphore(CONNECTING)
-    connector = aiohttp.TCPConnector(limit=0, force_close=True)
-    timeout = aiohttp.ClientTimeout(total=600, sock_connect=60)
+
+    def head_seen() -> None:
+        gate[0] -= 1
+        if gate[0] == 0:
+            connected.set()
+
+    connecting = None if flash else asyncio.Semaphore(CONNECTING)
     cpu0 = cpu_seconds()
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-        tasks = [
-            asyncio.create_task(
-                read_stream(
-                    session,
-                    method,
-                    url,
-                    kind,
-                    result,
-                    body,
-                    connected,
-                    expect_events,
-                    gate,
-                    connecting,
-                )
-            )
-            for method, url, body in targets
-        ]
-        waiter = asyncio.create_task(connected.wait())
-        await asyncio.wait([waiter, asyncio.gather(*tasks)], return_when=asyncio.FIRST_COMPLETED)
-        result.connected_at = time.time()
-        ready.send(("connected", result.connected_at))
-        await asyncio.gather(*tasks)
+    tasks = [
+        asyncio.create_task(
+            read_stream(method, url, kind, result, body, expect_events, head_seen, connecting)
+        )
+        for method, url, body in targets
+    ]
+    waiter = asyncio.create_task(connected.wait())
+    await asyncio.wait([waiter, asyncio.gather(*tasks)], return_when=asyncio.FIRST_COMPLETED)
+    result.connected_at = time.time()
+    ready.send(("connected", result.connected_at))
+    await asyncio.gather(*tasks)
+    waiter.cancel()
     result.cpu_seconds = cpu_seconds() - cpu0
     return result
 
 
-def worker(targets, kind, expect_events, conn) -> None:
+def worker(targets, kind, expect_events, conn, flash=False) -> None:
     """Entry point of one load-generator process."""
     try:
         from uvloop import run
     except ImportError:
         run = asyncio.run
-    result = run(run_readers(targets, kind, expect_events, conn, None))
+    result = run(run_readers(targets, kind, expect_events, conn, flash))
     conn.send(("result", result))
     conn.close()

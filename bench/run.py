@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import multiprocessing
 import os
@@ -20,6 +21,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -31,6 +33,9 @@ from load import cpu_seconds, rss_bytes, worker  # noqa: E402
 TOKENS, DELAY_MS = 100, 20
 EVENTS_PER_STREAM = TOKENS + 3  # role chunk, tokens, finish, [DONE] (no usage asked for)
 POINTS = [(10, 1), (10, 10), (40, 25), (100, 100)]
+# A flash crowd: streams already live, then every reader connects at once (no pacing)
+FLASH_POINTS = [(40, 1000), (100, 10000)]  # (streams, readers in all)
+FLASH_TOKENS, FLASH_AFTER_S = 200, 1.0  # 4 s streams; the crowd arrives 1 s in
 
 
 def free_port() -> int:
@@ -98,18 +103,22 @@ class Proc:
 
 
 def _drain(fd: int) -> None:
-    while os.read(fd, 65536):
-        pass
+    """The server's output, kept in a log beside the raw figures (what went wrong, if any)."""
+    log = Path(tempfile.gettempdir()) / f"bench-{os.getppid()}-{fd}.log"
+    with open(log, "ab") as out:
+        while data := os.read(fd, 65536):
+            out.write(data)
 
 
-def run_generators(targets: list, kind: str, expect: int, processes: int):
-    """Readers split over `processes` load-generator processes; returns (results, connected)."""
+def run_generators(targets: list, kind: str, expect: int, processes: int, flash: bool = False):
+    """Readers split over `processes` load-generator processes (each connects its share
+    paced, or all at once for a flash crowd); returns the processes and their pipes."""
     ctx = multiprocessing.get_context("fork")
     shares = [targets[i::processes] for i in range(processes)]
     pipes, procs = [], []
     for share in shares:
         parent, child = ctx.Pipe()
-        proc = ctx.Process(target=worker, args=(share, kind, expect, child))
+        proc = ctx.Process(target=worker, args=(share, kind, expect, child, flash))
         proc.start()
         pipes.append(parent)
         procs.append(proc)
@@ -140,6 +149,7 @@ def wait_connected(pipes) -> float:
 
 def summarize(results, readers: int, expected_events: int, point=(0, 0), wall=0.0, cpu=0.0) -> dict:
     latencies = [x / 1e6 for r in results for x in r.latencies_ns]
+    first_bytes = [x / 1e6 for r in results for x in r.first_byte_ns]
     errors = [e for r in results for e in r.errors]
     events = sum(r.events for r in results)
     return {
@@ -157,6 +167,8 @@ def summarize(results, readers: int, expected_events: int, point=(0, 0), wall=0.
         "p99_ms": round(pct(latencies, 0.99), 2),
         "max_ms": round(max(latencies) if latencies else float("nan"), 2),
         "loadgen_cpu_s": round(sum(r.cpu_seconds for r in results), 2),
+        "first_byte_p50_ms": round(pct(first_bytes, 0.50), 2),
+        "first_byte_p99_ms": round(pct(first_bytes, 0.99), 2),
         # first token sent → last token received, by any reader
         "span_s": round(
             (
@@ -193,15 +205,72 @@ def offloadd_delivery(server: Proc, base: str, streams: int, per: int) -> dict:
     procs, pipes = run_generators(targets, "ids", EVENTS_PER_STREAM, 2 if readers > 1000 else 1)
     connected = wait_connected(pipes)
     rss1, cpu0, t0 = server.rss(), server.cpu(), time.time()
-    results = collect(procs, pipes)
+    with PeakRss(server) as peak:
+        results = collect(procs, pipes)
     wall, cpu = time.time() - t0, server.cpu() - cpu0
     out = summarize(results, readers, readers * EVENTS_PER_STREAM, (streams, per), wall, cpu)
     out.update(
         rss_per_reader_kb=round((rss1 - rss0) / readers / 1024, 1),
+        rss_streaming_per_reader_kb=round((peak.value - rss0) / readers / 1024, 1),
         connected_before_first_token=connected * 1e9
         < min(r.first_stamp_ns for r in results if r.first_stamp_ns),
     )
     return out
+
+
+class PeakRss:
+    """The highest RSS of a server while a block runs (sampled every 100 ms)."""
+
+    def __init__(self, server: Proc):
+        self.server, self.value = server, server.rss()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.1):
+            self.value = max(self.value, self.server.rss())
+
+    def __enter__(self) -> PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def flash_model() -> str:
+    return f"mock?tokens={FLASH_TOKENS}&delay_ms={DELAY_MS}&stamp=1"
+
+
+def offloadd_flash(server: Proc, base: str, streams: int, readers: int) -> dict:
+    """Streams already live, then every reader at once; each gets the whole stream (the
+    replay of what was sent before it connected, then live events, which are timed)."""
+    urls = asyncio.run(create_streams(base, streams, flash_model()))
+    time.sleep(FLASH_AFTER_S)
+    targets = [("GET", urls[i % streams], None) for i in range(readers)]
+    cpu0, t0 = server.cpu(), time.time()
+    procs, pipes = run_generators(targets, "ids", FLASH_TOKENS + 3, 2, flash=True)
+    results = collect(procs, pipes)
+    wall, cpu = time.time() - t0, server.cpu() - cpu0
+    return summarize(results, readers, readers * (FLASH_TOKENS + 3), (streams, readers), wall, cpu)
+
+
+def nchan_flash(nginx: subprocess.Popen, base: str, streams: int, readers: int) -> dict:
+    run = f"f{int(time.time() * 1000)}"
+    pids = nginx_workers(nginx.pid)
+    publisher = multiprocessing.get_context("fork").Process(
+        target=_publisher, args=(base, run, streams, time.time() + 0.05, FLASH_TOKENS)
+    )
+    publisher.start()
+    time.sleep(FLASH_AFTER_S)
+    targets = [("GET", f"{base}/sub/{run}c{i % streams}", None) for i in range(readers)]
+    cpu0, t0 = sum(cpu_seconds(p) for p in pids), time.time()
+    procs, pipes = run_generators(targets, "seq", FLASH_TOKENS, 2, flash=True)
+    results = collect(procs, pipes)
+    publisher.join()
+    wall, cpu = time.time() - t0, sum(cpu_seconds(p) for p in pids) - cpu0
+    return summarize(results, readers, readers * FLASH_TOKENS, (streams, readers), wall, cpu)
 
 
 def mock_floor(mock_url: str, streams: int) -> dict:
@@ -303,12 +372,15 @@ http {{
     client_body_temp_path {tmp}/body; proxy_temp_path {tmp}/proxy;
     fastcgi_temp_path {tmp}/fastcgi; uwsgi_temp_path {tmp}/uwsgi; scgi_temp_path {tmp}/scgi;
     server {{
-        listen 127.0.0.1:{port};
+        listen 127.0.0.1:{port} backlog=65535;
         location ~ ^/pub/(\\w+)$ {{
             nchan_publisher; nchan_channel_id $1;
             nchan_message_buffer_length 500; nchan_message_timeout 10m;
         }}
-        location ~ ^/sub/(\\w+)$ {{ nchan_subscriber eventsource; nchan_channel_id $1; }}
+        location ~ ^/sub/(\\w+)$ {{
+            nchan_subscriber eventsource; nchan_channel_id $1;
+            nchan_subscriber_first_message oldest;
+        }}
         location /static/ {{ alias {data}/; }}
     }}
 }}
@@ -348,29 +420,53 @@ def nginx_workers(master: int) -> list[int]:
         return [master, *(int(c) for c in f.read().split())]
 
 
-async def publish(base: str, run: str, channels: int, start_at: float) -> None:
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as s:
+class _Drain(asyncio.Protocol):
+    """Counts nginx's answers to the pipelined publishes (closing before the last one
+    would drop the publishes nginx has not read yet)."""
 
-        async def channel(c: int) -> None:
-            for i in range(TOKENS):
-                delay = start_at + i * DELAY_MS / 1000 - time.time()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                body = f'{{"i":{i},"choices":[{{"delta":{{"content":" {time.time_ns()}"}}}}]}}'
-                async with s.post(
-                    f"{base}/pub/{run}c{c}", data=body, headers={"Content-Type": "application/json"}
-                ) as resp:
-                    await resp.read()
+    def __init__(self) -> None:
+        self.answers, self.tail = 0, b""
 
-        await asyncio.gather(*(channel(c) for c in range(channels)))
+    def data_received(self, data: bytes) -> None:
+        data = self.tail + data
+        self.answers += data.count(b"HTTP/1.1 ")
+        self.tail = data[-8:]
 
 
-def _publisher(base: str, run: str, channels: int, start_at: float) -> None:
+async def publish(base: str, run: str, channels: int, start_at: float, tokens: int) -> None:
+    """Every channel's messages on one kept-alive, pipelined connection each, written on
+    one 20 ms tick: a publisher that keeps nginx's pace (an HTTP client making 5,000
+    requests a second in Python does not), stamped when written."""
+    loop = asyncio.get_running_loop()
+    host, port = base.split("://")[1].split(":")
+    transports, drains = [], []
+    for _ in range(channels):
+        transport, drain = await loop.create_connection(_Drain, host, int(port))
+        transports.append(transport)
+        drains.append(drain)
+    for i in range(tokens):
+        delay = start_at + i * DELAY_MS / 1000 - time.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        for c, transport in enumerate(transports):
+            body = f'{{"i":{i},"choices":[{{"delta":{{"content":" {time.time_ns()}"}}}}]}}'
+            transport.write(
+                f"POST /pub/{run}c{c} HTTP/1.1\r\nHost: {host}\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+                f"{body}".encode()
+            )
+    while any(d.answers < tokens for d in drains):
+        await asyncio.sleep(0.05)
+    for transport in transports:
+        transport.close()
+
+
+def _publisher(base: str, run: str, channels: int, start_at: float, tokens: int) -> None:
     try:
         from uvloop import run as run_loop
     except ImportError:
         run_loop = asyncio.run
-    run_loop(publish(base, run, channels, start_at))
+    run_loop(publish(base, run, channels, start_at, tokens))
 
 
 def nchan_delivery(nginx: subprocess.Popen, base: str, streams: int, per: int) -> dict:
@@ -384,7 +480,7 @@ def nchan_delivery(nginx: subprocess.Popen, base: str, streams: int, per: int) -
     rss0 = sum(rss_bytes(p) for p in pids)
     t0 = time.time()
     publisher = multiprocessing.get_context("fork").Process(
-        target=_publisher, args=(base, run, streams, t0 + 0.2)
+        target=_publisher, args=(base, run, streams, t0 + 0.2, TOKENS)
     )
     publisher.start()
     results = collect(procs, pipes)
@@ -412,19 +508,47 @@ def wrk(url: str, seconds: int = 5, connections: int = 50) -> float:
 # --- the run ---------------------------------------------------------------------------------
 
 
+BACKLOG_SYSCTLS = {"net.core.somaxconn": "65535", "net.ipv4.tcp_max_syn_backlog": "65535"}
+
+
+def raise_backlogs() -> dict[str, str]:
+    """Both servers listen with a backlog of 65,535, which the kernel caps at somaxconn:
+    raised for the run when we may (as root), as a site expecting flash crowds would."""
+    before = {}
+    for key, value in BACKLOG_SYSCTLS.items():
+        path = Path("/proc/sys") / key.replace(".", "/")
+        try:
+            before[key] = path.read_text().strip()
+            path.write_text(value)
+        except OSError:
+            pass
+    return before
+
+
+def restore_backlogs(before: dict[str, str]) -> None:
+    for key, value in before.items():
+        with contextlib.suppress(OSError):
+            (Path("/proc/sys") / key.replace(".", "/")).write_text(value)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--workers", type=int, default=1, help="offloadd serve --workers")
     parser.add_argument("--quick", action="store_true", help="small points only (a smoke run)")
     parser.add_argument("--no-nchan", action="store_true")
     parser.add_argument("--points", help="streams x readers to run, e.g. 100x100,40x25")
+    parser.add_argument("--flash", help="flash crowds, streams x readers in all, e.g. 40x1000")
     parser.add_argument("--only", choices=["delivery"], help="skip creates, stop, static")
     parser.add_argument("--json", type=Path, help="also write the raw figures here")
     args = parser.parse_args()
     raise_fd_limit()
     points = POINTS[:2] if args.quick else POINTS
+    flashes = [] if args.quick else FLASH_POINTS
     if args.points:
-        points = [tuple(int(n) for n in p.split("x")) for p in args.points.split(",")]
+        points = parse_points(args.points)
+    if args.flash is not None:
+        flashes = parse_points(args.flash)
+    backlogs = raise_backlogs()
     data = Path(tempfile.mkdtemp(prefix="bench-data-"))
     mock_port, port = free_port(), free_port()
     mock = Proc(
@@ -449,6 +573,8 @@ def main() -> None:
             "bench",
             "--workers",
             str(args.workers),
+            "--max-connections",
+            "25000",  # nginx's worker_connections below is 20,000
             "--log-level",
             "WARNING",
         ],
@@ -460,6 +586,10 @@ def main() -> None:
         "workers": args.workers,
         "tokens": TOKENS,
         "delay_ms": DELAY_MS,
+        "sysctls": {
+            key: Path("/proc/sys", key.replace(".", "/")).read_text().strip()
+            for key in BACKLOG_SYSCTLS
+        },
     }
     try:
         report["floor"] = mock_floor(mock_url, 100)
@@ -469,6 +599,11 @@ def main() -> None:
             figures = offloadd_delivery(server, base, streams, per)
             print("offloadd", figures, flush=True)
             report["offloadd"].append(figures)
+        report["offloadd_flash"] = []
+        for streams, readers in flashes:
+            figures = offloadd_flash(server, base, streams, readers)
+            print("offloadd flash", figures, flush=True)
+            report["offloadd_flash"].append(figures)
         idle_cpu0 = server.cpu()
         time.sleep(3)
         report["idle_cpu_s_per_s"] = round((server.cpu() - idle_cpu0) / 3, 4)
@@ -485,6 +620,11 @@ def main() -> None:
                     figures = nchan_delivery(nginx, nbase, streams, per)
                     print("nchan", figures, flush=True)
                     report["nchan"].append(figures)
+                report["nchan_flash"] = []
+                for streams, readers in flashes:
+                    figures = nchan_flash(nginx, nbase, streams, readers)
+                    print("nchan flash", figures, flush=True)
+                    report["nchan_flash"].append(figures)
                 sample = next(data.glob("pub/*/*/*/*/*/*/*.txt"))
                 rel = sample.relative_to(data)
                 report["static"] = (
@@ -504,9 +644,14 @@ def main() -> None:
         server.stop()
         mock.stop()
         shutil.rmtree(data, ignore_errors=True)
+        restore_backlogs(backlogs)
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
     print(markdown(report))
+
+
+def parse_points(text: str) -> list[tuple[int, int]]:
+    return [(int(a), int(b)) for a, b in (p.split("x") for p in text.split(",") if p)]
 
 
 def machine() -> str:

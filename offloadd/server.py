@@ -23,6 +23,9 @@ log = logging.getLogger("offloadd.server")
 SD_LISTEN_FDS_START = 3
 
 
+LISTEN_BACKLOG = 65535
+
+
 def listen_socket(config: Config) -> socket.socket:
     """The socket to serve on: `--fd`, systemd socket activation, `--unix`, or host:port."""
     if config.fd is not None:
@@ -41,7 +44,9 @@ def listen_socket(config: Config) -> socket.socket:
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((config.host, config.port))
-    sock.listen(socket.SOMAXCONN)  # bursts of new readers queue here, not in SYN retries
+    # Bursts of new readers queue here, not in SYN retries: as long a queue as the kernel
+    # allows (net.core.somaxconn caps it; README, *A flash crowd*).
+    sock.listen(LISTEN_BACKLOG)
     sock.set_inheritable(True)
     return sock
 
