@@ -288,6 +288,22 @@ def mock_floor(mock_url: str, streams: int) -> dict:
     return summarize(results, streams, streams * (TOKENS + 4))
 
 
+CREATE_RATES = (100, 250, 500, 750, 1000)
+
+
+def create_rates(server: Proc, base: str) -> list[dict]:
+    """Open-loop creates of 1-token requests at each rate, with the server's CPU per create
+    (end to end: the create, the upstream call, the final durable write)."""
+    out = []
+    for rate in CREATE_RATES:
+        cpu0 = server.cpu()
+        figures = asyncio.run(create_rate(base, rate, 4))
+        time.sleep(0.5)  # the last requests end
+        figures["cpu_ms_per_create"] = round((server.cpu() - cpu0) / (rate * 4) * 1000, 3)
+        out.append(figures)
+    return out
+
+
 async def create_rate(base: str, rate: int, seconds: float) -> dict:
     body = {"messages": [{"role": "user", "content": "x"}], "model": "mock?tokens=1"}
     latencies: list[float] = []
@@ -538,7 +554,9 @@ def main() -> None:
     parser.add_argument("--no-nchan", action="store_true")
     parser.add_argument("--points", help="streams x readers to run, e.g. 100x100,40x25")
     parser.add_argument("--flash", help="flash crowds, streams x readers in all, e.g. 40x1000")
-    parser.add_argument("--only", choices=["delivery"], help="skip creates, stop, static")
+    parser.add_argument(
+        "--only", choices=["delivery", "creates"], help="delivery: no creates, stop, static"
+    )
     parser.add_argument("--json", type=Path, help="also write the raw figures here")
     args = parser.parse_args()
     raise_fd_limit()
@@ -592,6 +610,10 @@ def main() -> None:
         },
     }
     try:
+        if args.only == "creates":
+            report["creates"] = create_rates(server, base)
+            print("creates", report["creates"], flush=True)
+            return
         report["floor"] = mock_floor(mock_url, 100)
         print("floor", report["floor"], flush=True)
         report["offloadd"] = []
@@ -608,7 +630,7 @@ def main() -> None:
         time.sleep(3)
         report["idle_cpu_s_per_s"] = round((server.cpu() - idle_cpu0) / 3, 4)
         if not args.only:
-            report["creates"] = [asyncio.run(create_rate(base, r, 4)) for r in (100, 250, 500)]
+            report["creates"] = create_rates(server, base)
             print("creates", report["creates"], flush=True)
             report["stop"] = asyncio.run(stop_latency(base, mock_url, 20))
             print("stop", report["stop"], flush=True)
