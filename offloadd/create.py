@@ -7,7 +7,6 @@ Nothing rejected is counted against a quota and nothing rejected leaves files.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -165,16 +164,11 @@ class Creator:
             doc["previous_response_id"] = new.chat.previous_response_id
         if webhook:
             doc["webhook"] = {"url": shown_url(webhook), "status": "pending", "attempts": 0}
-        await asyncio.to_thread(self.store.create, loc, doc)  # both files, or neither
         call = Call(
             parameters, new.upstream_key, new.organization, options.connect_timeout, new.dialect
         )
-        try:
-            usage_added = new.chat.usage_added
-            await self.runner.start(loc, doc, call, usage_added, options.timeout, webhook, charge)
-        except BaseException:
-            await asyncio.to_thread(self.store.remove, loc)
-            raise
+        usage_added = new.chat.usage_added  # the files (both, or neither) and the task:
+        await self.runner.start(loc, doc, call, usage_added, options.timeout, webhook, charge)
         answer = create_answer(
             doc, new.kind, authorization(token) if token else {"access": "public"}
         )

@@ -251,8 +251,10 @@ async def events(request: web.Request) -> web.StreamResponse:
     path, hub = request.app[STORE].txt_path(loc), request.app[HUB]
     if loc.scope != "pub":
         await conversation(request, query_token=True)
-    elif path not in hub.tails and not await asyncio.to_thread(path.exists):
-        raise NotFound("no such conversation")  # public: the URL is the capability
+    elif path not in hub.tails and not path.exists():
+        # public: the URL is the capability. One stat on the loop, as the tail's own open
+        # and reads are: a crowd arriving at once must not queue a thread hop each
+        raise NotFound("no such conversation")
     _bound_send_buffer(request, request.app[CONFIG].reader_send_buffer)
     resume = last_event_id(request)
     if resume is None and request.app[CONFIG].accel_redirect:

@@ -61,6 +61,8 @@ class Run:
     path: Path = Path()  # of the `.txt`, for the readers' hub
     flushing: asyncio.Future | None = None  # the status write in a worker thread, if any
     charge: Charge | None = None  # what the create counted, for the tokens used
+    ending: bool = False
+    released: bool = False  # its run marker is gone
 
     def __post_init__(self) -> None:
         self.completion = self.dialect.assembly()
@@ -110,21 +112,47 @@ class Runner:
         webhook_url: str | None = None,
         charge: Charge | None = None,
     ) -> None:
-        """Run a request whose files exist; its create answer need not wait for the upstream."""
-        fd = await asyncio.to_thread(self._claim, loc)
+        """Make the request's files (both or neither), claim it and run it, in one worker
+        thread hop; its create answer need not wait for the upstream."""
+        making = asyncio.ensure_future(asyncio.to_thread(self._create_and_claim, loc, doc))
+        try:
+            fd = await asyncio.shield(making)
+        except asyncio.CancelledError:  # the caller left: nothing it did not get stays behind
+            await asyncio.wait({making})
+            if not making.cancelled() and making.exception() is None:
+                await asyncio.to_thread(self._undo, loc, making.result())
+            raise
         run = Run(loc, doc, fd, usage_added, timeout, call.dialect)
         run.webhook_url, run.charge = webhook_url, charge
         run.path = self.store.txt_path(loc)
         self.runs[loc.uuid] = run
         run.task = asyncio.create_task(self._run(run, call), name=f"offloadd-run-{loc.uuid}")
 
-    def _claim(self, loc: Location) -> int:
-        """(In a worker thread.) The run marker, then the stream's append descriptor."""
-        self.registry.claim(loc)
+    def _write_end(self, run: Run, final: dict, tail: bytes) -> None:
+        """(In a worker thread.) The final document and the stream's end, then the run
+        marker goes: one thread hop for all the files of an ending."""
+        self.endings.write(run.loc, final, tail, run.fd)
+        self.registry.release(run.loc)
+        run.released = True
+
+    def _undo(self, loc: Location, fd: int) -> None:
+        os.close(fd)
+        self.registry.release(loc)
+        self.store.remove(loc)
+
+    def _create_and_claim(self, loc: Location, doc: dict) -> int:
+        """(In a worker thread.) Both files, the run marker, the stream's append descriptor;
+        what fails leaves nothing behind."""
+        self.store.create(loc, doc)
         try:
-            return self.store.open_stream(loc)
+            self.registry.claim(loc)
+            try:
+                return self.store.open_stream(loc)
+            except StorageError:
+                self.registry.release(loc)
+                raise
         except StorageError:
-            self.registry.release(loc)
+            self.store.remove(loc)
             raise
 
     async def document(self, loc: Location) -> dict | None:
@@ -236,7 +264,8 @@ class Runner:
         finally:
             os.close(run.fd)
             self.runs.pop(run.loc.uuid, None)
-            self.registry.release(run.loc)
+            if not run.released:
+                self.registry.release(run.loc)
             if run.webhook_url:
                 self._deliver(run, run.webhook_url)
             if run.charge is not None and self.keys is not None:
@@ -290,10 +319,18 @@ class Runner:
         now = time.monotonic()
         if progressed(doc, run.event_id):
             self.metrics.first_token(time.time() - doc["request"]["processed_at"])
-        elif now - run.flushed_at < self.config.status_flush_seconds:
-            return
-        run.flushed_at = now
-        self._flush(run)
+            # `streaming` reaches the disk a poll interval later, unless the request has
+            # ended by then (most short ones): one status write fewer for them
+            run.flushed_at = now
+            loop = asyncio.get_running_loop()
+            loop.call_later(self.config.poll_interval, self._first_flush, run)
+        elif now - run.flushed_at >= self.config.status_flush_seconds:
+            run.flushed_at = now
+            self._flush(run)
+
+    def _first_flush(self, run: Run) -> None:
+        if not run.ending and run.flushing is None:
+            self._flush(run)
 
     def _flush(self, run: Run) -> None:
         """Bring the file up to the document, in a worker thread (the stream goes on
@@ -314,6 +351,7 @@ class Runner:
         thread: its fsync must not stall the readers of this process)."""
         if run.doc["status"] in TERMINAL:
             return
+        run.ending = True  # no flush starts from here on
         if run.flushing is not None:  # a late flush must not overwrite the final document
             await asyncio.wait({run.flushing})
             if not run.flushing.cancelled() and run.flushing.exception():
@@ -326,9 +364,7 @@ class Runner:
         self.metrics.finished[final["request"]["endpoint"], status] += 1
         if error and error["code"].startswith("upstream_"):
             self.metrics.upstream_errors[error["code"]] += 1
-        writing = asyncio.ensure_future(
-            asyncio.to_thread(self.endings.write, run.loc, final, tail, run.fd)
-        )
+        writing = asyncio.ensure_future(asyncio.to_thread(self._write_end, run, final, tail))
         try:
             await asyncio.shield(writing)
         except asyncio.CancelledError:  # a stop during the write: its fd stays open till done

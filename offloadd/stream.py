@@ -68,19 +68,22 @@ class Tail:
     def __init__(self, path: Path, metrics: Metrics):
         self.path, self.metrics = path, metrics
         self.fd = os.open(path, os.O_RDONLY)
-        self.size = os.fstat(self.fd).st_size
-        self.start = self.size  # offset of the first byte held in `chunks`
+        size = os.fstat(self.fd).st_size
+        # The file's last WINDOW bytes from the start: a crowd arriving at a live stream
+        # replays it from memory, not each reader from disk
+        self.start = self.size = max(0, size - WINDOW)  # offset of the first byte held
         # (offset, bytes, events in them): the same objects go to every reader
         self.chunks: deque[tuple[int, bytes, int]] = deque()
         self.held = 0
-        self._last = os.pread(self.fd, len(END), max(0, self.size - len(END)))
-        self.done = self._last.endswith(END)
+        self._last = b""
+        self.done = False
         self.end = b""  # an end the file lacks (its writer could not write it), once known
         self.readers = 0
         self.active_at = asyncio.get_running_loop().time()
         self._waiters: list[asyncio.Future] = []
         self.live: dict[Live, None] = {}
         self.checking: asyncio.Task | None = None  # is the file abandoned? (see Hub)
+        self.poll()
 
     def poll(self) -> None:
         """Read what the file gained since the last poll, if anything."""
@@ -328,9 +331,16 @@ async def _final_document(path: Path) -> dict | None:
 
 
 async def _read(path: Path, pos: int, size: int) -> bytes:
-    async with aiofiles.open(path, "rb") as f:
-        await f.seek(pos)
-        return await f.read(size)
+    """Bytes before the window, for a reader far behind: one worker-thread hop."""
+    return await asyncio.to_thread(_pread, path, pos, size)
+
+
+def _pread(path: Path, pos: int, size: int) -> bytes:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return os.pread(fd, size, pos)
+    finally:
+        os.close(fd)
 
 
 async def _resume(path: Path, last_id: int, interval: float) -> tuple[int, bool]:
