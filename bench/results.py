@@ -37,18 +37,20 @@ def column(runs: list[dict], system: str, index: int, key: str) -> list[float]:
 
 
 def delivery_table(runs: list[dict], system: str, title: str) -> list[str]:
+    shape = "streams, readers in all" if system.endswith("flash") else "streams × readers"
     lines = [
         f"**{title}**",
         "",
-        "| streams × readers | every event, in order | p99 ms | p50 ms | µs CPU / event "
+        f"| {shape} | every event, in order | p99 ms | p50 ms | µs CPU / event "
         "| first byte p99 ms | RSS / reader KiB (streaming) |",
         "|---|---|---|---|---|---|---|",
     ]
     for i, point in enumerate(runs[0].get(system, [])):
         complete = all(run[system][i]["complete"] for run in runs if len(run[system]) > i)
         rss = column(runs, system, i, "rss_streaming_per_reader_kb") if system == "offloadd" else []
+        sep = "," if system.endswith("flash") else " ×"
         lines.append(
-            f"| {point['streams']} × {point['per_stream']} | {'yes' if complete else 'NO'} "
+            f"| {point['streams']}{sep} {point['per_stream']:,} | {'yes' if complete else 'NO'} "
             f"| {spread(column(runs, system, i, 'p99_ms'))} "
             f"| {spread(column(runs, system, i, 'p50_ms'))} "
             f"| {spread(column(runs, system, i, 'cpu_us_per_event'))} "
@@ -93,6 +95,78 @@ def highest_rate(run: dict, p99_ms: float) -> int:
     return max(ok, default=0)
 
 
+def median_of(runs: list[dict], system: str, index: int, key: str) -> float:
+    return statistics.median(column(runs, system, index, key))
+
+
+GAPS = """Where the gaps are (from profiles of these runs):
+
+- **Creates.** A 1-token create costs this machine 4–7 ms of server CPU, in no single place:
+  aiohttp's server and client (the upstream call), the middlewares, four files made or
+  replaced (both files, the run marker, the synced final document) and their worker-thread
+  hops. Files cost ten times more under this machine's /tmp than on the repository's disk
+  (0.9 vs 0.09 ms each), so the benchmark's data directory is under `bench/out/`. Creates
+  saturate near 250–300/s; 500/s at p99 ≤ 5 ms needs a create path several times leaner.
+- **A flash crowd of 1,000.** Each new reader costs aiohttp's request handling, the
+  response head and its replay through the writer before it goes live; nginx accepts and
+  answers faster, so its first bytes come sooner (p99 ~0.4 s vs ~1.1 s). At 10,000 the
+  order flips: nginx's one worker serialises 2,000,000 deliveries, offloadd's fan-out
+  writes each chunk to its live readers with no task per reader.
+- **10 × 10.** With ten readers a chunk's fixed cost (read from the upstream, parsed, written
+  to the file, read back by the tail) is shared by few deliveries; nchan's publish is C.
+""".splitlines()
+
+
+def goals(runs: list[dict]) -> list[str]:
+    """Issue 15's goals against the medians above."""
+
+    def met(ok: bool) -> str:
+        return "met" if ok else "**not met**"
+
+    flash = [median_of(runs, s, 0, "p99_ms") for s in ("offloadd_flash", "nchan_flash")]
+    ratio_10, ratio_40 = (
+        median_of(runs, "offloadd", i, "cpu_us_per_event")
+        / median_of(runs, "nchan", i, "cpu_us_per_event")
+        for i in (1, 2)
+    )
+    p99_100 = [median_of(runs, s, 3, "p99_ms") for s in ("offloadd", "nchan")]
+    big = [all(r[s][1]["complete"] for r in runs) for s in ("offloadd_flash", "nchan_flash")]
+    c500 = [c for r in runs for c in r["creates"] if c["rate"] == 500]
+    cpu = statistics.median(c["cpu_ms_per_create"] for r in runs for c in r["creates"][:1])
+    rss = [median_of(runs, "offloadd", i, "rss_streaming_per_reader_kb") for i in (1, 3)]
+    return [
+        "## Against the goals (medians of the three runs)",
+        "",
+        "| goal | measured | |",
+        "|---|---|---|",
+        f"| flash crowd, 1,000 readers onto 40 streams: p99 ≤ 100 ms | {fmt(flash[0])} ms "
+        f"| {met(flash[0] <= 100)} |",
+        f"| … and ≤ nchan's + 50 ms | nchan {fmt(flash[1])} ms | "
+        f"{met(flash[0] <= flash[1] + 50)} |",
+        f"| flash crowd, 10,000 onto 100: every reader complete, p99 of both | offloadd "
+        f"{'complete' if big[0] else 'NOT complete'}, p99 "
+        f"{fmt(median_of(runs, 'offloadd_flash', 1, 'p99_ms'))} ms; nchan "
+        f"{'complete' if big[1] else 'NOT complete'}, p99 "
+        f"{fmt(median_of(runs, 'nchan_flash', 1, 'p99_ms'))} ms | {met(big[0])} |",
+        f"| creates: 500/s sustained, p99 ≤ 5 ms | achieved "
+        f"{fmt(statistics.median(c['achieved'] for c in c500))}/s, p99 "
+        f"{fmt(statistics.median(c['p99_ms'] for c in c500))} ms | **not met** |",
+        f"| highest create rate with p99 ≤ 20 ms | "
+        f"{fmt(statistics.median(highest_rate(r, 20) for r in runs))}/s (of the rates asked) "
+        "| reported |",
+        f"| server CPU per 1-token create ≤ 1.0 ms | {fmt(cpu)} ms (at 100/s) | {met(cpu <= 1)} |",
+        f"| CPU per event ≤ 1.5 × nchan's at 10 × 10 and 40 × 25 | {ratio_10:.2f} ×, "
+        f"{ratio_40:.2f} × | {met(ratio_10 <= 1.5)} at 10 × 10, {met(ratio_40 <= 1.5)} "
+        "at 40 × 25 |",
+        f"| p99 ≤ nchan's at 100 × 100 | {fmt(p99_100[0])} vs {fmt(p99_100[1])} ms "
+        f"| {met(p99_100[0] <= p99_100[1])} |",
+        f"| RSS per reader while streaming, 100 → 10,000 readers | {fmt(rss[0])} → "
+        f"{fmt(rss[1])} KiB | measured |",
+        "",
+        *GAPS,
+    ]
+
+
 def markdown(runs: list[dict], command: str) -> str:
     first = runs[0]
     lines = [
@@ -105,6 +179,7 @@ def markdown(runs: list[dict], command: str) -> str:
         "",
         "![p99 latency and CPU per event against readers](chart.png)",
         "",
+        *goals(runs),
         "## Fan-out, readers connected first (paced)",
         "",
         f"{first['tokens']} tokens at {first['delay_ms']} ms per stream; latency = receipt − "

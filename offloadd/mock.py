@@ -44,6 +44,7 @@ class Seen:
     finished: bool = False
     client_closed: bool = False
     closed_at: float | None = None
+    peer_port: int | None = None  # the caller's side of the connection: reused or new
 
 
 SEEN = web.AppKey("seen", list)
@@ -122,6 +123,8 @@ async def intake(request: web.Request) -> tuple[Seen, Behaviour] | web.Response:
         return _error(400, "The body must be a JSON object.")
     model = str(body.get("model") or "mock")
     entry = Seen(model, bool(auth), bool(body.get("stream")), body)
+    peer = request.transport.get_extra_info("peername") if request.transport else None
+    entry.peer_port = peer[1] if isinstance(peer, tuple) else None
     request.app[SEEN].append(entry)
     behaviour = Behaviour.from_model(model)
     if not auth:

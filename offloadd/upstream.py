@@ -21,6 +21,7 @@ from offloadd.sse import DONE, SSEParser
 KEPT_HEADERS = ("x-request-id", "openai-processing-ms", "openai-version", "openai-model")
 KEY_LIKE = re.compile(r"sk-[A-Za-z0-9_\-*.]{6,}")
 RETRYABLE = {408, 409, 429, 500, 502, 503, 504}
+KEEP_WAIT, KEEP_MAX = 0.5, 64 * 1024  # for the bytes after the last event (see _keep_connection)
 
 
 class UpstreamError(Exception):
@@ -130,10 +131,12 @@ class Upstream:
     async def chunks(self, reply: Reply, call: Call) -> AsyncIterator[tuple[bytes, dict]]:
         """Each chunk as (raw JSON bytes exactly as sent, parsed), until `[DONE]`."""
         parser = SSEParser()
+        ended = False  # at `[DONE]` or a terminal event, not stopped or broken
         try:
             async for piece in reply.response.content.iter_any():
                 for event in parser.feed(piece):
                     if event.data == DONE:
+                        ended = True
                         return
                     if event.data:
                         data = call.scrub_bytes(event.data)
@@ -145,15 +148,35 @@ class Upstream:
                                 "upstream_error", call.scrub(message or f"the upstream: {code}")
                             )
                         if call.dialect.is_terminal(chunk):
+                            ended = True
                             return
         except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as e:
             message = call.scrub(f"the upstream connection broke: {e}")
             raise UpstreamError("upstream_disconnected", message) from None
         finally:
-            reply.response.close()
+            if ended:
+                await _keep_connection(reply.response)
+            else:  # a stop closes the connection: the model stops generating, and billing
+                reply.response.close()
         raise UpstreamError(
             "upstream_disconnected", "the upstream closed the stream before `[DONE]`"
         )
+
+
+async def _keep_connection(resp: aiohttp.ClientResponse) -> None:
+    """After the last event the body's end is a few bytes away: read them, so the
+    connection goes back to the pool instead of a new one (and its TLS handshake) for the
+    next request. An upstream that goes on, or stalls, is closed."""
+    try:
+        async with asyncio.timeout(KEEP_WAIT):
+            rest = 0
+            while piece := await resp.content.readany():
+                rest += len(piece)
+                if rest > KEEP_MAX:
+                    raise TimeoutError
+        resp.release()
+    except (TimeoutError, aiohttp.ClientError):
+        resp.close()
 
 
 def _chunk(data: bytes, call: Call) -> dict:

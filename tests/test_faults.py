@@ -40,6 +40,15 @@ class TestUpstreamFaults:
         urls = (await api.create(model="mock?tokens=2"))["endpoints"]
         assert (await api.wait_status(urls["status_url"], "done"))["status"] == "done"
 
+    async def test_requests_that_ended_cleanly_share_one_upstream_connection(self, api):
+        """A new connection (a TLS handshake, with OpenAI) per request is not needed: after
+        `[DONE]` the connection goes back to the pool; after a stop it is closed."""
+        for _ in range(3):
+            urls = (await api.create(model="mock?tokens=2"))["endpoints"]
+            await api.wait_status(urls["status_url"], "done")
+        ports = {seen["peer_port"] for seen in await api.upstream_requests()}
+        assert len(ports) == 1 and None not in ports
+
     async def test_upstream_message_is_kept_without_the_key(self, api):
         urls = (await api.create(model="mock?status=401"))["endpoints"]
         doc = await _ends_in_error(api, urls)
