@@ -137,6 +137,9 @@ class Runner:
 
     def _undo(self, loc: Location, fd: int) -> None:
         os.close(fd)
+        self._forget(loc)
+
+    def _forget(self, loc: Location) -> None:
         self.registry.release(loc)
         self.store.remove(loc)
 
@@ -146,13 +149,9 @@ class Runner:
         self.store.create(loc, doc)
         try:
             self.registry.claim(loc)
-            try:
-                return self.store.open_stream(loc)
-            except StorageError:
-                self.registry.release(loc)
-                raise
+            return self.store.open_stream(loc)
         except StorageError:
-            self.store.remove(loc)
+            self._forget(loc)
             raise
 
     async def document(self, loc: Location) -> dict | None:

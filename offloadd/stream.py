@@ -16,6 +16,7 @@ import os
 from collections import deque
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import cast
 
 import aiofiles
 import orjson
@@ -39,7 +40,24 @@ SSE_HEADERS = {
 
 
 IDLE = "idle"  # what a tail's waiters get when nothing was written for a keep-alive period
-LIVE_KEEPALIVE = b"%x\r\n%s\r\n" % (len(KEEPALIVE), KEEPALIVE)
+
+
+def framed(data: bytes) -> bytes:
+    """One HTTP/1.1 chunk, as aiohttp's writer would frame it."""
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+def drained(transport: asyncio.Transport | None) -> bool:
+    """Open, and with no more unsent bytes than a live reader may have (duck-typed:
+    uvloop's transports are no subclass of asyncio's)."""
+    return (
+        transport is not None
+        and not transport.is_closing()
+        and transport.get_write_buffer_size() <= LIVE_BUFFER
+    )
+
+
+LIVE_KEEPALIVE = framed(KEEPALIVE)
 
 
 class Live:
@@ -54,8 +72,7 @@ class Live:
         self.left: asyncio.Future = asyncio.get_running_loop().create_future()
 
     def can_take(self) -> bool:
-        transport = self.transport
-        return not transport.is_closing() and transport.get_write_buffer_size() <= LIVE_BUFFER
+        return drained(self.transport)
 
     def leave(self) -> None:
         if not self.left.done():
@@ -111,13 +128,13 @@ class Tail:
     def _fan_out(self, offset: int, data: bytes, events: int) -> None:
         """The new bytes to every live reader that can take them now; the others, and all
         of them at the end, go back to their tasks."""
-        framed = b"%x\r\n%s\r\n" % (len(data), data)
+        chunk = framed(data)
         keep: dict[Live, None] = {}
         for reader in self.live:
             if reader.pos != offset or not reader.can_take():
                 reader.leave()
                 continue
-            reader.transport.write(framed if reader.chunked else data)
+            reader.transport.write(chunk if reader.chunked else data)
             reader.pos += len(data)
             keep[reader] = None
         sent = len(keep)
@@ -314,10 +331,8 @@ class Sink:
     def ready(self) -> asyncio.Transport | None:
         """The transport, when the fast path may write to it: open, and not backed up (a
         reader sent back for back-pressure stays on `write`, which waits for it to drain)."""
-        transport = self.request.transport
-        if transport is None or transport.is_closing():
-            return None
-        return transport if transport.get_write_buffer_size() <= LIVE_BUFFER else None
+        transport = cast(asyncio.Transport | None, self.request.transport)
+        return transport if drained(transport) else None
 
 
 async def _final_document(path: Path) -> dict | None:
