@@ -13,6 +13,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from offloadd.dialects import Assembly
@@ -59,10 +60,18 @@ class Endings:
         finished(doc, status, error, body, events_after_end(last_id, status), time.time())
         return ending(last_id, status, error, self.retry_ms)
 
-    def write(self, loc: Location, doc: dict, tail: bytes, fd: int | None = None) -> None:
-        """The final document, then the stream's end; what fails is kept for `retry`."""
+    def write(
+        self,
+        loc: Location,
+        doc: dict,
+        tail: bytes,
+        fd: int | None = None,
+        saved: Callable[[], None] = lambda: None,
+    ) -> None:
+        """The final document, then the stream's end; what fails is kept for `retry`.
+        `saved` runs between the two: whoever sees the end must find the document final."""
         pending = Unsaved(loc, doc, tail)
-        if not self._save(pending, fd):
+        if not self._save(pending, fd, saved):
             with self._lock:
                 self._unsaved[loc.uuid] = pending
 
@@ -84,12 +93,15 @@ class Endings:
     def __bool__(self) -> bool:
         return bool(self._unsaved)
 
-    def _save(self, pending: Unsaved, fd: int | None = None) -> bool:
+    def _save(
+        self, pending: Unsaved, fd: int | None = None, saved: Callable[[], None] = lambda: None
+    ) -> bool:
         loc = pending.loc
         if not pending.status_saved:
             try:
                 self.store.write_status(loc, pending.doc, durable=True)
                 pending.status_saved = True
+                saved()
             except StorageError as e:
                 log.error("request %s: final status not saved (will retry): %s", loc.rel, e)
         if not pending.tail_saved:

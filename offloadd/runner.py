@@ -131,7 +131,11 @@ class Runner:
     def _write_end(self, run: Run, final: dict, tail: bytes) -> None:
         """(In a worker thread.) The final document and the stream's end, then the run
         marker goes: one thread hop for all the files of an ending."""
-        self.endings.write(run.loc, final, tail, run.fd)
+
+        def serve_final() -> None:  # before the end reaches the file: no reader of `[DONE]`
+            run.doc = final  # can find the document still running (one atomic assignment)
+
+        self.endings.write(run.loc, final, tail, run.fd, serve_final)
         self.registry.release(run.loc)
         run.released = True
 
