@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from offloadd.access import allows, authorization, new_token, private_fields
 from offloadd.config import Config
 from offloadd.continuation import continued_messages, earlier_location
-from offloadd.dialects import CHAT, RESPONSES, Dialect
+from offloadd.dialects import CHAT, RESPONSES, RESPONSES_ENDPOINT, Dialect
 from offloadd.errors import BadRequest, NotFound, Unavailable
 from offloadd.idempotency import Idempotency, with_token
 from offloadd.keys import Charge, KeyStore
@@ -41,6 +41,11 @@ class NewRequest:
     idempotency_key: str | None = None
     endpoint: str | None = None  # when not the kind's own (the OpenAI-compatible API)
     dialect: Dialect = CHAT
+
+    @property
+    def route(self) -> str:
+        """Which create endpoint took it: an `Idempotency-Key` is bound to one."""
+        return self.endpoint or f"/v1/{'stream' if self.kind == 1 else 'async'}-chatgpt"
 
 
 @dataclass(frozen=True)
@@ -77,7 +82,7 @@ class Creator:
         scope = hashlib.sha256((new.caller or "").encode()).hexdigest()
         idem = new.idempotency_key
         if idem is not None:
-            first = await self.idempotency.begin(scope, idem, new.body)
+            first = await self.idempotency.begin(scope, idem, new.body, new.route)
             if first is not None:
                 return Created(with_token(first, self.idempotency.token(scope, idem)), None)
         charge = await self.keys.charge(new.caller) if new.caller and self.keys else None
@@ -94,7 +99,7 @@ class Creator:
                 await self.idempotency.abandon(scope, idem)
             raise
         if idem is not None:
-            await self.idempotency.finish(scope, idem, new.body, answer)
+            await self.idempotency.finish(scope, idem, new.body, answer, new.route)
         return Created(answer, _limits(charge))
 
     async def _earlier(self, new: NewRequest) -> dict:
@@ -120,7 +125,8 @@ class Creator:
         rid = new.chat.previous_response_id or ""
         loc = location_of(rid)
         doc = await self.runner.document(loc) if loc else None
-        if doc is None or doc["status"] not in TERMINAL:
+        endpoint = (doc or {}).get("request", {}).get("endpoint")
+        if doc is None or doc["status"] not in TERMINAL or endpoint != RESPONSES_ENDPOINT:
             raise NotFound(
                 f"no finished response {rid!r} on this server", code="previous_response_not_found"
             )

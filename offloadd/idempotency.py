@@ -18,6 +18,7 @@ import hashlib
 import hmac
 import os
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -52,9 +53,9 @@ class Idempotency:
         digest = hmac.new(self._secret(), f"token\0{caller}\0{key}".encode(), hashlib.sha256)
         return digest.hexdigest()
 
-    async def begin(self, caller: str, key: str, body: bytes) -> dict | None:
+    async def begin(self, caller: str, key: str, body: bytes, endpoint: str) -> dict | None:
         """The first answer when this key was used before (None: go ahead; this request
-        now holds the key until `finish` or `abandon`)."""
+        now holds the key until `finish` or `abandon`). A key belongs to one endpoint."""
         if not (0 < len(key) <= 255 and key.isascii() and key.isprintable()):
             raise BadRequest(
                 "`Idempotency-Key` must be 1 to 255 printable ASCII characters",
@@ -64,9 +65,12 @@ class Idempotency:
         loop = asyncio.get_running_loop()
         give_up = loop.time() + WAIT_FOR_FIRST
         while True:
-            record = await asyncio.to_thread(self._reserve, path, body_hash)
+            record = await asyncio.to_thread(self._reserve, path, body_hash, endpoint)
             if record is None:
                 return None
+            if record.get("endpoint") != endpoint:
+                used = record.get("endpoint")
+                raise Unprocessable(f"this `Idempotency-Key` was used on another endpoint ({used})")
             if record["body_sha256"] != body_hash:
                 raise Unprocessable("this `Idempotency-Key` was used with a different request body")
             if record["state"] == "done":
@@ -75,30 +79,36 @@ class Idempotency:
                 raise Conflict("a request with this `Idempotency-Key` is still being created")
             await asyncio.sleep(0.05)
 
-    def _reserve(self, path: Path, body_hash: str) -> dict | None:
-        """Make the record (None), or read the one that exists (expired ones are replaced)."""
+    def _reserve(self, path: Path, body_hash: str, endpoint: str) -> dict | None:
+        """Make the record (None), or read the one that exists (expired ones are replaced).
+        The record is written whole under a name of its own, then linked into place: it
+        appears complete or not at all, and only one of many concurrent creates links it."""
         self.root.mkdir(parents=True, exist_ok=True)
-        pending = {"state": "pending", "body_sha256": body_hash, "at": time.time()}
+        pending = {"state": "pending", "body_sha256": body_hash, "endpoint": endpoint}
         for _ in range(3):
+            tmp = _write_temp(path, orjson.dumps({**pending, "at": time.time()}))
             try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                os.link(tmp, path)
+                return None
             except FileExistsError:
-                record = _read(path)
-                if record is not None and time.time() - record.get("at", 0) < TTL:
-                    return record
-                with contextlib.suppress(FileNotFoundError):
-                    path.unlink()  # expired (or torn): take the key anew
-                continue
-            with os.fdopen(fd, "wb") as f:
-                f.write(orjson.dumps(pending))
-            return None
+                pass
+            finally:
+                tmp.unlink()
+            record = _read(path)
+            if record is not None and time.time() - record.get("at", 0) < TTL:
+                return record
+            if record is None and path.exists():
+                return {**pending, "state": "pending"}  # unreadable for a moment: wait
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()  # expired: take the key anew
         return _read(path)
 
-    async def finish(self, caller: str, key: str, body: bytes, answer: dict) -> None:
+    async def finish(self, caller: str, key: str, body: bytes, answer: dict, endpoint: str) -> None:
         """Keep the answer (without any bearer token) for the retries to come."""
         stored = _without_tokens(answer)
         record = {
             "state": "done",
+            "endpoint": endpoint,
             "body_sha256": hashlib.sha256(body).hexdigest(),
             "at": time.time(),
             "answer": stored,
@@ -137,7 +147,12 @@ def _read(path: Path) -> dict | None:
     return record if isinstance(record, dict) else None
 
 
-def _replace(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+def _write_temp(path: Path, data: bytes) -> Path:
+    """`data` in a file beside `path`, under a name no other write uses."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     tmp.write_bytes(data)
-    os.replace(tmp, path)
+    return tmp
+
+
+def _replace(path: Path, data: bytes) -> None:
+    os.replace(_write_temp(path, data), path)

@@ -24,13 +24,15 @@ def response_id(loc: Location) -> str:
     return "resp_" + loc.stamp.replace("/", "") + loc.uuid.replace("-", "")
 
 
-def location_of(rid: str) -> Location | None:
+def location_of(rid: str, scope: str = "pub") -> Location | None:
+    """Where the response lives, in `scope` (a private response's id is the same shape:
+    the caller's token, not the id, decides whether it is found)."""
     m = RESPONSE_ID.fullmatch(rid)
     if not m:
         return None
     s, u = m[1], m[2]
     stamp = "/".join((s[:4], s[4:6], s[6:8], s[8:10], s[10:12], s[12:14]))
-    return Location.parse("pub", stamp, f"{u[:8]}-{u[8:12]}-{u[12:16]}-{u[16:20]}-{u[20:]}")
+    return Location.parse(scope, stamp, f"{u[:8]}-{u[8:12]}-{u[12:16]}-{u[16:20]}-{u[20:]}")
 
 
 def parse_responses_body(raw: bytes, config: Config) -> ChatRequest:
@@ -42,6 +44,12 @@ def parse_responses_body(raw: bytes, config: Config) -> ChatRequest:
     for flag in ("stream", "background"):
         if body.get(flag) is not None and not isinstance(body[flag], bool):
             raise BadRequest(f"`{flag}` must be true or false", code="invalid_parameter")
+    if body.get("from_status_url") is not None:
+        raise BadRequest(
+            "`from_status_url` continues chat requests; a response continues with "
+            "`previous_response_id`",
+            code="invalid_parameter",
+        )
     previous = body.get("previous_response_id")
     if previous is not None and not isinstance(previous, str):
         raise BadRequest("`previous_response_id` must be a string", code="invalid_parameter")
@@ -106,15 +114,22 @@ class ResponseAssembly:
         return body
 
     def _item(self, index: int) -> dict:
+        """The item with its streamed text put into its parts; a part index the item cannot
+        hold (negative, or past its end) gets one part appended, never padding."""
         item = dict(self.items[index])
         parts = [(c, t) for (i, c), t in sorted(self.text.items()) if i == index]
         if parts and item.get("type") == "message":
-            content = list(item.get("content") or [])
+            content = (
+                [p for p in item.get("content") or [] if isinstance(p, dict)]
+                if isinstance(item.get("content"), list)
+                else []
+            )
             for c, text in parts:
-                while len(content) <= c:
-                    content.append({"type": "output_text", "text": "", "annotations": []})
-                if isinstance(content[c], dict) and not content[c].get("text"):
-                    content[c] = {**content[c], "text": text}
+                if 0 <= c < len(content):
+                    if not content[c].get("text"):
+                        content[c] = {**content[c], "text": text}
+                elif c >= 0:
+                    content.append({"type": "output_text", "text": text, "annotations": []})
             item["content"] = content
         return item
 

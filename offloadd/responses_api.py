@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from offloadd.access import any_allows
 from offloadd.appkeys import CONFIG, HUB, RUNNER, STORE
 from offloadd.dialects import RESPONSES, RESPONSES_ENDPOINT
 from offloadd.errors import BadRequest, NotFound
-from offloadd.handlers import read_create
+from offloadd.handlers import read_create, tokens
 from offloadd.layout import Location
 from offloadd.middleware import cors_headers
 from offloadd.openai_api import (
@@ -41,12 +42,17 @@ async def create_response(request: web.Request) -> web.StreamResponse:
 
 
 async def _response(request: web.Request) -> tuple[str, Location, dict]:
+    """The response an id names: public, or private and opened by a token the caller sent
+    (`Authorization: Bearer`, or `?token=`); 404 otherwise, revealing nothing."""
     rid = request.match_info["id"]
-    loc = location_of(rid)
-    doc = await request.app[RUNNER].document(loc) if loc else None
-    if loc is None or doc is None or doc["request"]["endpoint"] != RESPONSES_ENDPOINT:
-        raise NotFound(f"no response with id {rid!r}", code="response_not_found")
-    return rid, loc, doc
+    for scope in ("pub", "priv"):
+        loc = location_of(rid, scope)
+        doc = await request.app[RUNNER].document(loc) if loc else None
+        if loc is None or doc is None or doc["request"]["endpoint"] != RESPONSES_ENDPOINT:
+            continue
+        if any_allows(doc, tokens(request, query_too=True)):
+            return rid, loc, doc
+    raise NotFound(f"no response with id {rid!r}", code="response_not_found")
 
 
 async def retrieve_response(request: web.Request) -> web.StreamResponse:

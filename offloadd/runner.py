@@ -62,6 +62,7 @@ class Run:
     flushing: asyncio.Future | None = None  # the status write in a worker thread, if any
     charge: Charge | None = None  # what the create counted, for the tokens used
     ending: bool = False
+    cancelled: bool = False  # its task was cancelled once (a stop, a disconnect, shutdown)
     released: bool = False  # its run marker is gone
 
     def __post_init__(self) -> None:
@@ -214,9 +215,11 @@ class Runner:
     def cancel(self, uuid: str, reason: str = "stop") -> None:
         """Cancel a running request's task (which closes its upstream connection)."""
         run = self.runs.get(uuid)
-        if run is not None and run.task is not None:
-            run.cancel_reason = reason
-            run.task.cancel()
+        if run is None or run.task is None or run.cancelled or run.ending:
+            return  # one cancellation per request: a second one would land in its ending
+        run.cancelled = True
+        run.cancel_reason = reason
+        run.task.cancel()
 
     async def close(self) -> None:
         """Let running requests finish for the grace time, then end the rest as interrupted."""
@@ -235,35 +238,56 @@ class Runner:
             await asyncio.wait(self.deliveries, timeout=5)
 
     async def _run(self, run: Run, call: Call) -> None:
-        doc = run.doc
-        processing(doc, time.time())
+        """Call the upstream, then end the request exactly once. The ending runs in a task
+        of its own that no stop can cancel: it closes the stream's descriptor only after
+        every write to it is done, so no byte can reach a descriptor number reused since."""
+        try:
+            status, error = await self._call(run, call)
+        except asyncio.CancelledError:
+            if run.cancel_reason == "stop":
+                status, error = "stopped", None
+            else:
+                message = "the server shut down before the request completed"
+                status, error = "error", error_of("interrupted", message)
+        ending = asyncio.ensure_future(self._end(run, status, error))
+        while not ending.done():
+            try:
+                await asyncio.shield(ending)
+            except asyncio.CancelledError:
+                continue  # the ending goes on; whoever cancelled waits for this task
+        ending.result()
+
+    async def _call(self, run: Run, call: Call) -> tuple[str, dict | None]:
+        """The upstream call, chunk by chunk; the status and error it ends with."""
+        processing(run.doc, time.time())
         try:
             async with asyncio.timeout(run.timeout):
                 reply = await self.upstream.open(call)
-                answered(doc, reply.response.status, reply.headers)
+                answered(run.doc, reply.response.status, reply.headers)
                 async for raw, chunk in self.upstream.chunks(reply, call):
                     self._chunk(run, raw, chunk)
-            await self._finish(run, "done")
+            return "done", None
         except UpstreamError as e:
-            await self._finish(run, "error", e.as_dict())
+            return "error", e.as_dict()
         except TimeoutError:
             message = f"the upstream call took longer than its timeout of {run.timeout:g} s"
-            await self._finish(run, "error", error_of("upstream_timeout", message))
+            return "error", error_of("upstream_timeout", message)
         except StorageError as e:
             log.error("request %s ends: %s", run.loc.rel, e)
-            await self._finish(run, "error", error_of("storage_error", str(e)))
+            return "error", error_of("storage_error", str(e))
         except asyncio.CancelledError:
-            if run.cancel_reason == "stop":
-                await self._finish(run, "stopped")
-            else:
-                message = "the server shut down before the request completed"
-                await self._finish(run, "error", error_of("interrupted", message))
             raise
         except Exception:
             log.exception("request %s failed unexpectedly", run.loc.rel)
-            await self._finish(
-                run, "error", error_of("internal_error", "offloadd failed; see its log")
-            )
+            return "error", error_of("internal_error", "offloadd failed; see its log")
+
+    async def _end(self, run: Run, status: str, error: dict | None) -> None:
+        """The final document and the stream's end, then the descriptor and the marker go,
+        the webhook and the token count start."""
+        try:
+            await self._finish(run, status, error)
+        except Exception:
+            log.exception("request %s: its ending failed", run.loc.rel)
         finally:
             os.close(run.fd)
             self.runs.pop(run.loc.uuid, None)
@@ -367,12 +391,8 @@ class Runner:
         self.metrics.finished[final["request"]["endpoint"], status] += 1
         if error and error["code"].startswith("upstream_"):
             self.metrics.upstream_errors[error["code"]] += 1
-        writing = asyncio.ensure_future(asyncio.to_thread(self._write_end, run, final, tail))
         try:
-            await asyncio.shield(writing)
-        except asyncio.CancelledError:  # a stop during the write: its fd stays open till done
-            await asyncio.wait({writing})
-            raise
+            await asyncio.to_thread(self._write_end, run, final, tail)
         finally:
             run.doc = final
-        self.on_append(self.store.txt_path(run.loc))
+        self.on_append(run.path)

@@ -151,8 +151,9 @@ def tokens_used(doc: dict) -> tuple[int, bool]:
     of about four characters a token over the prompt and the answer (True: estimated)."""
     body = (doc.get("response") or {}).get("body") or {}
     usage = body.get("usage") if isinstance(body, dict) else None
-    if isinstance(usage, dict) and isinstance(usage.get("total_tokens"), int):
-        return usage["total_tokens"], False
+    total = usage.get("total_tokens") if isinstance(usage, dict) else None
+    if isinstance(total, int) and not isinstance(total, bool) and total >= 0:
+        return total, False  # a negative count would lift the key's budget: not trusted
     params = doc.get("parameters") or {}
     prompt = orjson.dumps(params.get("messages") or params.get("input") or "")
     answer = orjson.dumps(body.get("choices") or body.get("output") or "") if body else b""

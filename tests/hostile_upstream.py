@@ -57,7 +57,13 @@ async def _completions(request: web.Request) -> web.StreamResponse:
     return response
 
 
+def event(kind: str, **fields: object) -> str:
+    """A Responses API event line (`data:` only; offloadd names it from its `type`)."""
+    return "data: " + orjson.dumps({"type": kind, **fields}).decode()
+
+
 def make_hostile_app() -> web.Application:
     app = web.Application()
     app.router.add_post("/v1/chat/completions", _completions)
+    app.router.add_post("/v1/responses", _completions)  # the script decides what it says
     return app

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from conftest import file_of, how_it_ended
+from offloadd.sse import parse_all
 
 
 async def _wait_upstream_closed(api, timeout=5.0) -> dict:
@@ -75,3 +76,32 @@ class TestStop:
         resp = await api.get(unknown)
         assert resp.status == 404
         assert (await resp.json())["error"]["code"] == "not_found"
+
+
+class TestManyStopsAtOnce:
+    """Many clients stop one request at once (issue 22): one ending, the same answer to all."""
+
+    async def test_a_crowd_of_stops_ends_each_request_exactly_once(self, api, data_dir, caplog):
+        requests = [
+            (await api.create(model="mock?tokens=500&delay_ms=10"))["endpoints"] for _ in range(6)
+        ]
+        readers = [asyncio.create_task(api.stream(u["stream_events_url"])) for u in requests]
+        for urls in requests:
+            await api.wait_status(urls["status_url"], "streaming")
+
+        async def stop(urls, i):
+            await asyncio.sleep(i * 0.002)  # spread over the ending's few milliseconds
+            resp = await (api.post if i % 2 else api.get)(urls["stop_url"])
+            assert resp.status == 200
+            return (await resp.json())["conversation_status"]
+
+        answers = await asyncio.gather(*(stop(urls, i) for urls in requests for i in range(12)))
+        assert answers == ["stopped"] * len(answers)
+        for urls, reader in zip(requests, readers, strict=True):
+            raw = await asyncio.wait_for(reader, 10)
+            assert raw.count(b"data: [DONE]") == 1
+            assert raw == file_of(data_dir, urls["stream_events_url"]).read_bytes()
+            assert how_it_ended(parse_all(raw))["status"] == "stopped"
+            assert (await api.status(urls["status_url"]))["status"] == "stopped"
+        assert "Bad file descriptor" not in caplog.text
+        assert "Traceback" not in caplog.text

@@ -1,0 +1,165 @@
+"""Many hands at once, and the Responses surface under a hostile world (issue 22): idempotent
+creates raced by a crowd, keys bound to their endpoint, assembly that trusts no index,
+private responses found by their token, budgets that no upstream can lift."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+
+import orjson
+import pytest
+from click.testing import CliRunner
+from hostile_upstream import chunk, event, make_hostile_app, model
+from test_keys import make_key
+
+from conftest import OPENAI_KEY, SEED_BODY, Api
+from offloadd import cli
+from offloadd.web import make_app
+
+
+@pytest.fixture
+async def hostile(aiohttp_server, aiohttp_client, config) -> Api:
+    upstream = await aiohttp_server(make_hostile_app())
+    changed = dataclasses.replace(config, upstream_url=str(upstream.make_url("/v1")))
+    return Api(await aiohttp_client(make_app(changed)), upstream)
+
+
+def _post(api: Api, path: str, body: dict, **headers: str):
+    return api.client.post(path, json=body, headers={"X-OpenAI-API-Key": OPENAI_KEY, **headers})
+
+
+class TestIdempotencyUnderACrowd:
+    async def test_one_answer_one_call_per_key_however_many_race(self, api):
+        async def create(key: str):
+            body = {**SEED_BODY, "model": "mock?tokens=2"}
+            resp = await _post(api, "/v1/stream-chatgpt", body, **{"Idempotency-Key": key})
+            return key, resp.status, await resp.json()
+
+        keys = [f"order-{n}" for n in range(8)]
+        results = await asyncio.gather(*(create(k) for k in keys for _ in range(16)))
+        assert {status for _, status, _ in results} <= {200, 409}
+        for key in keys:
+            answers = {orjson.dumps(a) for k, status, a in results if k == key and status == 200}
+            assert len(answers) == 1, f"{key} got {len(answers)} different answers"
+        assert len(await api.upstream_requests()) == len(keys)
+
+    @pytest.mark.parametrize("other", ["/v1/responses", "/v1/async-chatgpt"])
+    async def test_a_key_is_bound_to_its_endpoint(self, api, other):
+        first = {**SEED_BODY, "model": "mock?tokens=2"}
+        assert (
+            await _post(api, "/v1/stream-chatgpt", first, **{"Idempotency-Key": "k"})
+        ).status == 200
+        body = {**first, "input": "x"} if other == "/v1/responses" else first
+        resp = await _post(api, other, body, **{"Idempotency-Key": "k"})
+        assert resp.status == 422
+        assert (await resp.json())["error"]["code"] == "idempotency_key_reused"
+        assert len(await api.upstream_requests()) == 1
+
+
+async def _response(api: Api, lines: list[str]) -> tuple[int, dict]:
+    done = event("response.completed", response={"object": "response", "status": "completed"})
+    body = {"model": model({"lines": [*lines, done]}), "input": "x"}
+    resp = await _post(api, "/v1/responses", body)
+    return resp.status, await resp.json()
+
+
+class TestResponsesAssemblyTrustsNoIndex:
+    def _item(self, content: object) -> str:
+        item = {"type": "message", "id": "m", "role": "assistant", "content": content}
+        return event("response.output_item.added", output_index=0, item=item)
+
+    async def test_a_huge_content_index_does_not_grow_the_document(self, hostile):
+        lines = [
+            self._item([]),
+            event(
+                "response.output_text.delta", output_index=0, content_index=300_000, delta="x" * 200
+            ),
+        ]
+        status, body = await _response(hostile, lines)
+        assert status == 200
+        assert len(orjson.dumps(body)) < 5_000
+        assert body["output"][0]["content"][0]["text"] == "x" * 200
+
+    @pytest.mark.parametrize("index, content", [(-1, []), (0, 5), (0, [7, "x"]), (2, None)])
+    async def test_parts_that_cannot_be_placed_are_ignored_not_a_500(self, hostile, index, content):
+        lines = [
+            self._item(content),
+            event("response.output_text.delta", output_index=0, content_index=index, delta="hi"),
+        ]
+        status, body = await _response(hostile, lines)
+        assert status == 200, body
+        assert isinstance(body["output"][0]["content"], list)
+
+
+class TestTheResponsesSurface:
+    async def test_from_status_url_on_a_response_is_a_400(self, api):
+        earlier = await api.create(model="mock?tokens=1")
+        body = {
+            "model": "mock",
+            "input": "x",
+            "from_status_url": earlier["endpoints"]["status_url"],
+        }
+        resp = await _post(api, "/v1/responses", body)
+        assert resp.status == 400
+        assert "previous_response_id" in (await resp.json())["error"]["message"]
+
+    async def test_a_private_response_is_found_by_its_token_only(self, api):
+        body = {"model": "mock?tokens=300&delay_ms=10", "input": "hi", "access": "private"}
+        resp = await _post(api, "/v1/responses", {**body, "background": True})
+        assert resp.status == 200
+        rid, token = resp.headers["X-Offloadd-Response-Id"], resp.headers["X-Offloadd-Bearer-Token"]
+        assert (await api.get(f"/v1/responses/{rid}")).status == 404
+        wrong = {"Authorization": "Bearer not-the-token"}
+        assert (await api.post(f"/v1/responses/{rid}/cancel", headers=wrong)).status == 404
+        for how in (
+            {"headers": {"Authorization": f"Bearer {token}"}},
+            {"params": {"token": token}},
+        ):
+            got = await api.get(f"/v1/responses/{rid}", **how)
+            assert got.status == 200 and (await got.json())["id"] == rid
+        auth = {"Authorization": f"Bearer {token}"}
+        cancelled = await api.post(f"/v1/responses/{rid}/cancel", headers=auth)
+        assert cancelled.status == 200 and (await cancelled.json())["status"] == "cancelled"
+
+    async def test_previous_response_id_naming_a_chat_conversation_is_404(self, api):
+        chat = await api.create(model="mock?tokens=1")
+        await api.wait_status(chat["endpoints"]["status_url"], "done")
+        *_, y, mo, d, h, mi, sec, name = chat["endpoints"]["status_url"].split("/")
+        rid = f"resp_{y}{mo}{d}{h}{mi}{sec}" + name.removesuffix(".json").replace("-", "")
+        body = {"model": "mock", "input": "x", "previous_response_id": rid}
+        resp = await _post(api, "/v1/responses", body)
+        assert resp.status == 404
+        assert (await resp.json())["error"]["code"] == "previous_response_not_found"
+        assert len(await api.upstream_requests()) == 1
+
+
+class TestBudgetsTrustNoSign:
+    async def test_a_negative_usage_does_not_lift_a_budget(
+        self, aiohttp_server, aiohttp_client, config, data_dir, tmp_path
+    ):
+        plans = tmp_path / "plans.json"
+        plans.write_text('{"tokens": {"monthly_tokens": 30}}')
+        key = make_key(data_dir, plan="tokens", plans=plans)
+        upstream = await aiohttp_server(make_hostile_app())
+        changed = dataclasses.replace(
+            config, upstream_url=str(upstream.make_url("/v1")), auth=True, plans_file=plans
+        )
+        client = await aiohttp_client(make_app(changed))
+        usage = {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": -1_000_000}
+        lines = [chunk("hi"), chunk(None, usage=usage), "data: [DONE]"]
+        headers = {"X-OpenAI-API-Key": OPENAI_KEY, "X-API-Key": key}
+        body = {**SEED_BODY, "model": model({"lines": lines})}
+
+        def tokens_counted() -> int:
+            result = CliRunner().invoke(cli.main, ["keys", "usage", "--data", str(data_dir)])
+            return int(result.output.splitlines()[-1].split()[-2])
+
+        resp = await client.post("/v1/async-chatgpt", json=body, headers=headers)
+        assert resp.status == 200
+        async with asyncio.timeout(10):  # counted once the request has ended
+            while not (counted := tokens_counted()):
+                await asyncio.sleep(0.05)
+        assert counted > 0  # the estimate, not the upstream's negative figure
+        again = await client.post("/v1/async-chatgpt", json=body, headers=headers)
+        assert again.status == 429
