@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
-import socket
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -255,20 +253,11 @@ async def events(request: web.Request) -> web.StreamResponse:
         # public: the URL is the capability. One stat on the loop, as the tail's own open
         # and reads are: a crowd arriving at once must not queue a thread hop each
         raise NotFound("no such conversation")
-    _bound_send_buffer(request, request.app[CONFIG].reader_send_buffer)
     resume = last_event_id(request)
     if resume is None and request.app[CONFIG].accel_redirect:
         if await asyncio.to_thread(finished, path) and (response := accel(request, loc, ".txt")):
             return response
     return await respond(request, hub, path, resume, cors_headers(request))
-
-
-def _bound_send_buffer(request: web.Request, size: int) -> None:
-    """A reader that does not read costs at most `size` of kernel memory."""
-    sock = request.transport.get_extra_info("socket") if request.transport else None
-    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
 
 
 async def stop(request: web.Request) -> web.Response:

@@ -59,6 +59,7 @@ async def retrieve_response(request: web.Request) -> web.StreamResponse:
     rid, loc, doc = await _response(request)
     if request.query.get("stream") not in ("true", "1"):
         return web.json_response(served(request.app[RUNNER].with_answer(loc, doc), rid))
+    del doc  # a reader of the stream must not keep the document alive while it reads
     after = request.query.get("starting_after")
     if after is not None and not (after.isascii() and after.isdigit() and len(after) <= 18):
         raise BadRequest("`starting_after` must be a sequence number", code="invalid_parameter")

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import socket
 from collections import deque
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -221,9 +222,16 @@ class Tail:
 class Hub:
     """All tails of this process and the one loop that polls them."""
 
-    def __init__(self, interval: float, keepalive: float, retry_ms: int, metrics: Metrics):
+    def __init__(
+        self,
+        interval: float,
+        keepalive: float,
+        retry_ms: int,
+        metrics: Metrics,
+        send_buffer: int = 0,  # each reader's kernel send buffer (0: the system's default)
+    ):
         self.interval, self.keepalive, self.retry_ms = interval, keepalive, retry_ms
-        self.metrics = metrics
+        self.metrics, self.send_buffer = metrics, send_buffer
         self.tails: dict[Path, Tail] = {}
         self._dirty: set[Path] = set()
         self._wake: asyncio.Future | None = None
@@ -379,9 +387,20 @@ async def respond(
         pos, ended = await _resume(path, last_id, hub.interval)
         if ended:
             return web.Response(status=204, headers=headers)
+    if hub.send_buffer:
+        _bound_send_buffer(request, hub.send_buffer)
     response = web.StreamResponse(headers={**SSE_HEADERS, **headers})
     await response.prepare(request)
     with contextlib.suppress(ConnectionResetError):
         await hub.pump(path, pos, Sink(request, response))
         await response.write_eof()
     return response
+
+
+def _bound_send_buffer(request: web.Request, size: int) -> None:
+    """A reader that does not read costs at most `size` of kernel memory, whichever
+    endpoint serves its stream."""
+    sock = request.transport.get_extra_info("socket") if request.transport else None
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)

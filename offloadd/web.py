@@ -178,7 +178,11 @@ async def _runner_ctx(app: web.Application) -> AsyncIterator[None]:
     """The poll loop that follows files for readers, wired to the runner's writes."""
     config = app[CONFIG]
     hub = app[HUB] = Hub(
-        config.poll_interval, config.keepalive_seconds, config.retry_ms, app[METRICS]
+        config.poll_interval,
+        config.keepalive_seconds,
+        config.retry_ms,
+        app[METRICS],
+        config.reader_send_buffer,
     )
     runner = app[RUNNER]
     runner.on_append = hub.poke

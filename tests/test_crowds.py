@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import socket
 
 import orjson
 import pytest
@@ -15,6 +16,7 @@ from test_keys import make_key
 
 from conftest import OPENAI_KEY, SEED_BODY, Api
 from offloadd import cli
+from offloadd.appkeys import CONFIG
 from offloadd.web import make_app
 
 
@@ -163,3 +165,56 @@ class TestBudgetsTrustNoSign:
         assert counted > 0  # the estimate, not the upstream's negative figure
         again = await client.post("/v1/async-chatgpt", json=body, headers=headers)
         assert again.status == 429
+
+
+class TestEveryStreamReaderIsBounded:
+    """A reader that never reads costs the same bounded kernel buffer on every endpoint."""
+
+    async def test_stalled_readers_of_the_openai_streams(self, api):
+        background = await _post(
+            api,
+            "/v1/responses",
+            {"model": "mock?tokens=8000&delay_ms=0", "input": "x", "background": True},
+        )
+        rid = background.headers["X-Offloadd-Response-Id"]
+        chat = {
+            "model": "mock?tokens=8000&delay_ms=0",
+            "messages": [{"role": "user", "content": "x"}],
+        }
+        requests = [
+            ("POST", "/v1/chat/completions", orjson.dumps({**chat, "stream": True})),
+            (
+                "POST",
+                "/v1/responses",
+                orjson.dumps(
+                    {"model": "mock?tokens=8000&delay_ms=0", "input": "x", "stream": True}
+                ),
+            ),
+            ("GET", f"/v1/responses/{rid}?stream=true", b""),
+        ]
+        stalled = []
+        for method, path, body in requests:
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.connect(("127.0.0.1", api.client.port))
+            _, writer = await asyncio.open_connection(sock=sock)
+            head = f"{method} {path} HTTP/1.1\r\nHost: x\r\nX-OpenAI-API-Key: {OPENAI_KEY}\r\n"
+            head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+            writer.write(head.encode() + body)
+            await writer.drain()
+            stalled.append(writer)  # ... and never read
+        limit = api.client.app[CONFIG].reader_send_buffer
+
+        def send_buffers() -> list[int]:
+            return [
+                h.transport.get_extra_info("socket").getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+                for h in api.client.server.runner.server.connections
+                if h.transport is not None and h.transport.get_write_buffer_size()
+            ]
+
+        async with asyncio.timeout(10):  # until all three are streaming and stuck
+            while len(send_buffers()) < len(requests):
+                await asyncio.sleep(0.05)
+        assert max(send_buffers()) <= 2 * limit  # Linux doubles what it is asked for
+        for writer in stalled:
+            writer.close()
