@@ -9,8 +9,8 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from offloadd.sse import DONE, encode_event, parse_all
-from offloadd.transcript import chunk_record, ending, resume_offset
+from offloadd.protocol.sse import DONE, encode_event, parse_all
+from offloadd.storage.transcript import chunk_record, ending, resume_offset
 
 # SSE cannot carry a lone "\r" (it is a line break on the wire); JSON chunks never hold one.
 TEXT = st.text(st.characters(blacklist_characters="\r", blacklist_categories=("Cs",)))
@@ -39,7 +39,7 @@ class TestRoundTrip:
         names = draw.draw(st.lists(NAMES, min_size=len(chunks), max_size=len(chunks)))
         raw = _stream(chunks, names)
         cuts = sorted(draw.draw(st.lists(st.integers(0, len(raw)), max_size=8)))
-        from offloadd.sse import SSEParser
+        from offloadd.protocol.sse import SSEParser
 
         parser, events, last = SSEParser(), [], 0
         for cut in [*cuts, len(raw)]:
