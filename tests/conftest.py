@@ -14,7 +14,7 @@ from yarl import URL
 
 from offloadd.config import Config
 from offloadd.http.app import make_app
-from offloadd.mock.chat import make_mock_app
+from offloadd.mock.app import make_mock_app
 from offloadd.protocol.sse import parse_all
 
 SEED_BODY = {

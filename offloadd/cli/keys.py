@@ -14,7 +14,8 @@ from offloadd.cli.options import DATA_OPTION, KEYS_OPTION, PLANS_OPTION
 def _with_keys(data: Path, plans: Path | None, keys_url: str | None, method: str, *args):
     """Call one method of the key store the options name (SQLite, or PostgreSQL), then
     close it; the PostgreSQL store is asynchronous, so it runs in its own event loop."""
-    from offloadd.keys.sqlite import SQLiteKeys, load_plans
+    from offloadd.keys.base import load_plans
+    from offloadd.keys.sqlite import SQLiteKeys
 
     if keys_url:
         from offloadd.errors import Unavailable

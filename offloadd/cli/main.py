@@ -16,7 +16,7 @@ from offloadd.cli.client_cmds import ask, follow
 from offloadd.cli.keys import keys
 from offloadd.cli.options import DATA_OPTION, KEYS_OPTION
 from offloadd.config import MOCK, OPENAI_URL, Config
-from offloadd.mock.chat import make_mock_app
+from offloadd.mock.app import make_mock_app
 from offloadd.server.logs import setup
 
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 import orjson
 
 from offloadd.storage.layout import Location, url_prefix
+from offloadd.storage.store import (
+    TERMINAL as TERMINAL,
+)  # re-exported: kept with the files, for retention
 
 KINDS = {1: "/v1/stream-chatgpt", 2: "/v1/async-chatgpt"}
-TERMINAL = ("done", "error", "stopped")
 
 CREATE_README = {
     1: "The `stream_events_url` endpoint below streams data sent by the ChatGPT API. "

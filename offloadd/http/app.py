@@ -42,9 +42,10 @@ from offloadd.http.native import (
 )
 from offloadd.http.openai.chat import chat_completions
 from offloadd.http.openai.responses import cancel_response, create_response, retrieve_response
-from offloadd.keys.sqlite import KeyStore, SQLiteKeys, load_plans
+from offloadd.keys.base import KeyStore, load_plans
+from offloadd.keys.sqlite import SQLiteKeys
 from offloadd.metrics import Metrics
-from offloadd.mock.chat import make_mock_app
+from offloadd.mock.app import make_mock_app
 from offloadd.requests.create import Creator
 from offloadd.requests.endings import Endings
 from offloadd.requests.housekeeping import Housekeeping

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from aiohttp import web
 
 from offloadd.config import Config
-from offloadd.keys.sqlite import KeyStore
+from offloadd.keys.base import KeyStore
 from offloadd.metrics import Metrics
 from offloadd.requests.create import Creator
 from offloadd.requests.readers import Hub

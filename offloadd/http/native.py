@@ -1,10 +1,10 @@
-"""The HTTP handlers: each only translates between HTTP and a use case (create, read, stop)."""
+"""The original's endpoints (create, status, stream, stop) and the service's own (the page,
+`/v1/info`, health, metrics, OpenAPI): each only translates between HTTP and a use case."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 import socket
 import time
 from collections.abc import Awaitable, Callable
@@ -14,7 +14,6 @@ import orjson
 from aiohttp import web
 
 from offloadd import __version__
-from offloadd.config import Config
 from offloadd.domain.access import (
     TOKEN_QUERY,
     any_allows,
@@ -24,12 +23,7 @@ from offloadd.domain.validate import parse_body
 from offloadd.domain.webhooks import shown_url
 from offloadd.errors import (
     ApiError,
-    BadRequest,
     NotFound,
-    PayloadTooLarge,
-    RequestTimeout,
-    Unauthorized,
-    UnsupportedMediaType,
 )
 from offloadd.http.appkeys import (
     CONFIG,
@@ -41,6 +35,7 @@ from offloadd.http.appkeys import (
     STORE,
     UPSTREAM_URL,
 )
+from offloadd.http.common import public_base, read_create, upstream_key
 from offloadd.http.middleware import cors_headers
 from offloadd.http.openapi import document
 from offloadd.requests.create import NewRequest
@@ -52,74 +47,9 @@ from offloadd.storage.transcript import finished
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 STATIC_DIR = Path(__file__).parent / "static"
 STATIC_FILES = frozenset(p.name for p in STATIC_DIR.iterdir() if p.is_file())
-MOCK_KEY = "offloadd-mock-key"
-# host[:port] as a URL may hold it: a name, an IPv4 address or a bracketed IPv6 one
-HOST = re.compile(
-    r"(?:[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\])(?::\d{1,5})?"
-)
 
 
 # --- create ---------------------------------------------------------------------------
-
-
-def public_base(request: web.Request) -> str:
-    """The base of the URLs handed out: `--public-url`, else what the client reached."""
-    config = request.app[CONFIG]
-    if config.public_url:
-        return config.public_url.rstrip("/")
-    proto, host = request.scheme, request.host
-    allowed = config.forwarded_allow_ips
-    if "*" in allowed or request.remote in allowed:
-        proto = request.headers.get("X-Forwarded-Proto", proto).split(",")[0].strip()
-        host = request.headers.get("X-Forwarded-Host", host).split(",")[0].strip()
-    if proto not in ("http", "https"):
-        proto = request.scheme
-    if not HOST.fullmatch(host):
-        raise BadRequest("the request's host is not a valid host name", code="invalid_host")
-    return f"{proto}://{host}"
-
-
-def upstream_key(request: web.Request, bearer_too: bool = False) -> str:
-    """`X-OpenAI-API-Key`, else the server's own key; for the OpenAI SDK's endpoints with
-    auth off (`bearer_too`), the SDK's own `Authorization: Bearer` (a plain base_url swap)."""
-    config = request.app[CONFIG]
-    key = request.headers.get("X-OpenAI-API-Key") or config.upstream_key
-    bearer = request.headers.get("Authorization", "")
-    if not key and bearer_too and not config.auth and bearer[:7].lower() == "bearer ":
-        key = bearer[7:].strip()
-    if not key and config.uses_mock:
-        key = MOCK_KEY
-    if not key:
-        raise Unauthorized(
-            "send your OpenAI key in the `X-OpenAI-API-Key` header "
-            "(this server has no upstream key of its own)",
-            code="missing_openai_key",
-        )
-    return key
-
-
-def api_key(request: web.Request) -> str:
-    """The caller's offloadd key, from any header the original's clients may use."""
-    headers = request.headers
-    bearer = headers.get("Authorization", "")
-    key = headers.get("X-RapidAPI-Key") or headers.get("X-API-Key")
-    if not key and bearer[:7].lower() == "bearer ":
-        key = bearer[7:].strip()
-    if not key:
-        raise Unauthorized(
-            "send your offloadd API key in `X-API-Key` (or `X-RapidAPI-Key`, or "
-            "`Authorization: Bearer`); make one with `offloadd keys create`",
-            code="missing_api_key",
-        )
-    return key
-
-
-def _check_json(request: web.Request) -> None:
-    if request.content_type != "application/json" and not request.content_type.endswith("+json"):
-        raise UnsupportedMediaType("send the body as JSON with `Content-Type: application/json`")
-    limit = request.app[CONFIG].max_body_bytes
-    if request.content_length is not None and request.content_length > limit:
-        raise PayloadTooLarge(f"the body is larger than {limit} bytes")
 
 
 def counting_creates(handler: Handler) -> Handler:
@@ -146,16 +76,6 @@ async def create(request: web.Request) -> web.StreamResponse:
     return await counting_creates(_create)(request)
 
 
-async def read_create(request: web.Request) -> tuple[str | None, bytes]:
-    """What every create endpoint reads first, in this order: the caller's key (401
-    before anything else), the content type and size, then the body (in time)."""
-    config = request.app[CONFIG]
-    caller = api_key(request) if config.auth else None
-    await request.app[CREATOR].admit(caller)
-    _check_json(request)
-    return caller, await _body(request, config)
-
-
 async def _create(request: web.Request) -> web.Response:
     """Translate the HTTP request into a `NewRequest`; the rules live in `create.py`."""
     config, creator = request.app[CONFIG], request.app[CREATOR]
@@ -173,17 +93,6 @@ async def _create(request: web.Request) -> web.Response:
     )
     created = await creator.create(new)
     return web.json_response(created.answer, headers=created.headers)
-
-
-async def _body(request: web.Request, config: Config) -> bytes:
-    """The body, if it arrives within `--body-timeout` (a slow client holds no slot forever)."""
-    try:
-        async with asyncio.timeout(config.body_timeout):
-            return await request.read()
-    except TimeoutError:
-        raise RequestTimeout(
-            f"the body did not arrive within {config.body_timeout:g} s", code="body_timeout"
-        ) from None
 
 
 # --- reading URLs ---------------------------------------------------------------------

@@ -21,7 +21,7 @@ from typing import Any
 import asyncpg
 
 from offloadd.errors import Unauthorized, Unavailable
-from offloadd.keys.sqlite import (
+from offloadd.keys.base import (
     KEY_PREFIX,
     USAGE_COLUMNS,
     Charge,

@@ -11,7 +11,7 @@ import uuid
 import orjson
 from aiohttp import web
 
-from offloadd.mock.chat import Behaviour, Seen, _dumps, _fault, intake
+from offloadd.mock.common import Behaviour, Seen, dumps, fault_at, intake
 
 
 def _words(body: dict, behaviour: Behaviour) -> list[str]:
@@ -61,7 +61,7 @@ async def responses(request: web.Request) -> web.StreamResponse:
     if not body.get("stream"):
         entry.finished = True
         message = _message(mid, " ".join(words), "completed")
-        return web.json_response(_response(rid, model, "completed", [message], words), dumps=_dumps)
+        return web.json_response(_response(rid, model, "completed", [message], words), dumps=dumps)
     try:
         return await _stream(request, entry, behaviour, words, rid, mid)
     except (asyncio.CancelledError, ConnectionResetError):
@@ -114,7 +114,7 @@ async def _stream(
     if behaviour.wait_ms:
         await asyncio.sleep(behaviour.wait_ms / 1000)
     for seq, event in enumerate(_events(rid, mid, entry.model, words)):
-        fault = _fault(behaviour, entry.chunks_sent)
+        fault = fault_at(behaviour, entry.chunks_sent)
         if fault == "disconnect":
             if request.transport:
                 request.transport.abort()

@@ -14,14 +14,15 @@ from datetime import UTC, datetime
 from offloadd.config import Config
 from offloadd.domain.access import allows, authorization, new_token, private_fields
 from offloadd.domain.continuation import continued_messages, earlier_location
-from offloadd.domain.dialects import CHAT, RESPONSES, Dialect
+from offloadd.domain.dialects import CHAT, RESPONSES
 from offloadd.domain.idempotency import Idempotency, with_token
 from offloadd.domain.responses import continued_input, location_of
 from offloadd.domain.status import TERMINAL, create_answer, new_document
 from offloadd.domain.validate import ChatRequest
 from offloadd.domain.webhooks import Webhooks, shown_url
 from offloadd.errors import BadRequest, NotFound, Unavailable
-from offloadd.keys.sqlite import Charge, KeyStore
+from offloadd.keys.base import Charge, KeyStore
+from offloadd.protocol.wire import Dialect
 from offloadd.requests.runner import Runner
 from offloadd.storage.layout import Location
 from offloadd.storage.store import Store

@@ -16,8 +16,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from offloadd.domain.dialects import Assembly
 from offloadd.domain.status import finished
+from offloadd.protocol.wire import Assembly
 from offloadd.storage.layout import Location
 from offloadd.storage.store import StorageError, Store, append
 from offloadd.storage.transcript import ending, events_after_end

@@ -18,7 +18,6 @@ from pathlib import Path
 import orjson
 
 from offloadd.config import Config
-from offloadd.domain.dialects import Assembly, Dialect
 from offloadd.domain.status import (
     TERMINAL,
     answered,
@@ -30,8 +29,9 @@ from offloadd.domain.status import (
     with_body,
 )
 from offloadd.domain.webhooks import Webhooks
-from offloadd.keys.sqlite import Charge, KeyStore
+from offloadd.keys.base import Charge, KeyStore
 from offloadd.metrics import Metrics
+from offloadd.protocol.wire import Assembly, Dialect
 from offloadd.requests.endings import Endings, error_of
 from offloadd.storage.layout import Location
 from offloadd.storage.registry import Registry

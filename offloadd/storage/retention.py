@@ -14,8 +14,8 @@ from pathlib import Path
 
 import orjson
 
-from offloadd.domain.status import TERMINAL
 from offloadd.storage.layout import SCOPES
+from offloadd.storage.store import TERMINAL
 
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 

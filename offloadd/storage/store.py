@@ -16,6 +16,10 @@ import orjson
 
 from offloadd.storage.layout import Location
 
+# The statuses a status document ends in (`domain/status.py` makes every transition): kept
+# with the files, so that retention, below the domain, knows what it may remove.
+TERMINAL = ("done", "error", "stopped")
+
 
 class StorageError(Exception):
     """A file of a conversation could not be written (full disk, permissions, …)."""

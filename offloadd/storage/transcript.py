@@ -31,8 +31,8 @@ from pathlib import Path
 import aiofiles
 import orjson
 
-from offloadd.domain.dialects import Assembly
 from offloadd.protocol.sse import DONE, Event, SSEParser, encode_event
+from offloadd.protocol.wire import Assembly
 
 END = b"data: [DONE]\n\n"  # every finished transcript ends with these bytes
 READ = 64 * 1024  # bytes read from disk at a time when scanning

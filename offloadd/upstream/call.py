@@ -1,4 +1,5 @@
-"""The model call: one streaming Chat Completions request to an OpenAI-compatible endpoint.
+"""The model call: one streaming request to an OpenAI-compatible endpoint, in the call's
+dialect (Chat Completions or the Responses API).
 
 Turns every way the upstream can fail into an `UpstreamError` with a code, so a
 conversation always ends with a reason. The caller's key is used for the call
@@ -15,8 +16,8 @@ from dataclasses import dataclass
 import aiohttp
 import orjson
 
-from offloadd.domain.dialects import CHAT, Dialect
 from offloadd.protocol.sse import DONE, SSEParser
+from offloadd.protocol.wire import Dialect
 
 KEPT_HEADERS = ("x-request-id", "openai-processing-ms", "openai-version", "openai-model")
 KEY_LIKE = re.compile(r"sk-[A-Za-z0-9_\-*.]{6,}")
@@ -51,7 +52,7 @@ class Call:
     key: str
     organization: str | None
     connect_timeout: float
-    dialect: Dialect = CHAT
+    dialect: Dialect
 
     def scrub(self, text: str) -> str:
         """Remove the key (and anything shaped like one) from text the upstream sent back."""
@@ -74,7 +75,7 @@ class Reply:
 
 
 class Upstream:
-    """Talks to one Chat Completions base URL through one shared client session."""
+    """Talks to one OpenAI-compatible base URL through one shared client session."""
 
     def __init__(
         self, session: aiohttp.ClientSession, base_url: str, retries: int, max_wait: float

@@ -12,15 +12,15 @@ from offloadd.domain.dialects import RESPONSES, RESPONSES_ENDPOINT
 from offloadd.domain.responses import location_of, parse_responses_body, response_id, served
 from offloadd.errors import BadRequest, NotFound
 from offloadd.http.appkeys import CONFIG, HUB, RUNNER, STORE
-from offloadd.http.middleware import cors_headers
-from offloadd.http.native import read_create
-from offloadd.http.openai.chat import (
+from offloadd.http.common import (
     completion,
     create_for_sdk,
     follow,
+    read_create,
     stops_on_disconnect,
     url_headers,
 )
+from offloadd.http.middleware import cors_headers
 from offloadd.requests.readers import respond
 from offloadd.storage.layout import Location
 
