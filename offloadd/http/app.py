@@ -26,22 +26,8 @@ from offloadd.http.appkeys import (
     STORE,
     UPSTREAM_URL,
 )
-from offloadd.http.middleware import cors_middleware, error_middleware, preflight
-from offloadd.http.native import (
-    counting_creates,
-    create,
-    events,
-    healthz,
-    info,
-    metrics,
-    openapi,
-    page,
-    static_file,
-    status,
-    stop,
-)
-from offloadd.http.openai.chat import chat_completions
-from offloadd.http.openai.responses import cancel_response, create_response, retrieve_response
+from offloadd.http.middleware import cors_middleware, error_middleware
+from offloadd.http.routes import add_routes
 from offloadd.keys.base import KeyStore, load_plans
 from offloadd.keys.sqlite import SQLiteKeys
 from offloadd.metrics import Metrics
@@ -51,7 +37,6 @@ from offloadd.requests.endings import Endings
 from offloadd.requests.housekeeping import Housekeeping
 from offloadd.requests.readers import Hub
 from offloadd.requests.runner import Runner
-from offloadd.storage.layout import ROUTE
 from offloadd.storage.registry import Registry
 from offloadd.storage.retention import collect
 from offloadd.storage.store import Store
@@ -83,26 +68,7 @@ def make_app(
     app.cleanup_ctx.append(_upstream_ctx)
     app.cleanup_ctx.append(_runner_ctx)
     app.on_shutdown.append(_shutdown)
-    app.router.add_get("/", page)
-    app.router.add_get("/static/{name}", static_file)
-    app.router.add_get("/v1/info", info)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/openapi.json", openapi)
-    app.router.add_get("/metrics", metrics)
-    app.router.add_post("/v1/stream-chatgpt", create)
-    app.router.add_post("/v1/async-chatgpt", create)
-    app.router.add_post("/v1/chat/completions", counting_creates(chat_completions))
-    app.router.add_post("/v1/responses", counting_creates(create_response))
-    app.router.add_get("/v1/responses/{id}", retrieve_response)
-    app.router.add_post("/v1/responses/{id}/cancel", cancel_response)
-    app.router.add_get(f"{ROUTE}.json", status)
-    app.router.add_get(f"{ROUTE}.txt", events)
-    app.router.add_route("GET", f"{ROUTE}/stop", stop)
-    app.router.add_route("POST", f"{ROUTE}/stop", stop)
-    for suffix in (".json", ".txt", "/stop"):
-        app.router.add_route("OPTIONS", f"{ROUTE}{suffix}", preflight)
-    for path in ("/v1/stream-chatgpt", "/v1/async-chatgpt", "/v1/chat/completions"):
-        app.router.add_route("OPTIONS", path, preflight)
+    add_routes(app)
     return app
 
 

@@ -23,5 +23,7 @@ KEYS = web.AppKey("keys", KeyStore)
 METRICS = web.AppKey("metrics", Metrics)
 CREATOR = web.AppKey("creator", Creator)
 ON_FATAL: web.AppKey[Callable[[str], None]] = web.AppKey("on_fatal")
+# "POST /v1/…" for each create route of the route table (`routes.py`), for /v1/info
+CREATE_ENDPOINTS: web.AppKey[tuple[str, ...]] = web.AppKey("create_endpoints")
 
 STATIC = "offloadd.static"  # a response that nginx completes from a file

@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import socket
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import orjson
@@ -22,11 +21,11 @@ from offloadd.domain.status import TERMINAL, public_view
 from offloadd.domain.validate import parse_body
 from offloadd.domain.webhooks import shown_url
 from offloadd.errors import (
-    ApiError,
     NotFound,
 )
 from offloadd.http.appkeys import (
     CONFIG,
+    CREATE_ENDPOINTS,
     CREATOR,
     HUB,
     METRICS,
@@ -41,10 +40,8 @@ from offloadd.http.openapi import document
 from offloadd.requests.create import NewRequest
 from offloadd.requests.readers import respond
 from offloadd.storage.layout import Location
-from offloadd.storage.store import StorageError
 from offloadd.storage.transcript import finished
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 STATIC_DIR = Path(__file__).parent / "static"
 STATIC_FILES = frozenset(p.name for p in STATIC_DIR.iterdir() if p.is_file())
 
@@ -52,32 +49,9 @@ STATIC_FILES = frozenset(p.name for p in STATIC_DIR.iterdir() if p.is_file())
 # --- create ---------------------------------------------------------------------------
 
 
-def counting_creates(handler: Handler) -> Handler:
-    """A create endpoint whose outcomes are counted in /metrics."""
-
-    async def counted(request: web.Request) -> web.StreamResponse:
-        created = request.app[METRICS].created
-        try:
-            response = await handler(request)
-        except ApiError as e:
-            created[request.path, e.code] += 1
-            raise
-        except StorageError:
-            created[request.path, "storage_unavailable"] += 1
-            raise
-        created[request.path, "accepted"] += 1
-        return response
-
-    return counted
-
-
-async def create(request: web.Request) -> web.StreamResponse:
-    """Store the request, start its upstream call in a task, answer with its URLs at once."""
-    return await counting_creates(_create)(request)
-
-
-async def _create(request: web.Request) -> web.Response:
-    """Translate the HTTP request into a `NewRequest`; the rules live in `create.py`."""
+async def create(request: web.Request) -> web.Response:
+    """Store the request, start its upstream call in a task, answer with its URLs at once:
+    the HTTP request becomes a `NewRequest`; the rules live in `requests/create.py`."""
     config, creator = request.app[CONFIG], request.app[CREATOR]
     caller, body = await read_create(request)
     new = NewRequest(
@@ -213,18 +187,14 @@ async def page(request: web.Request) -> web.FileResponse:
 
 async def info(request: web.Request) -> web.Response:
     """What a client needs to know before its first request."""
-    config = request.app[CONFIG]
+    config, creates = request.app[CONFIG], request.app[CREATE_ENDPOINTS]
     body = {
         "name": "offloadd",
         "version": __version__,
         "auth": config.auth,
         "default_model": config.default_model,
         "upstream": "mock" if config.uses_mock else shown_url(request.app[UPSTREAM_URL]),
-        "create": [
-            "POST /v1/stream-chatgpt",
-            "POST /v1/async-chatgpt",
-            "POST /v1/chat/completions",
-        ],
+        "create": list(creates),  # from the route table
     }
     return web.json_response(body)
 
