@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 
 import orjson
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -33,6 +34,15 @@ class TestRoundTrip:
         assert event.data == data
         assert event.event == name
         assert event.id == "7"
+
+    @pytest.mark.parametrize("name", ["a\nb", "a\rb", "a\r\ndata: forged", "\n"])
+    def test_an_event_name_with_a_line_break_is_refused(self, name):
+        with pytest.raises(ValueError, match="line break"):
+            encode_event(1, b"{}", name)
+
+    def test_an_id_is_an_integer_so_it_holds_no_line_break(self):
+        with pytest.raises(TypeError):
+            encode_event("1\ndata: forged", b"{}")  # type: ignore[arg-type]
 
     @given(st.lists(DATA, max_size=20), st.data())
     def test_ids_stay_contiguous_however_the_bytes_are_split(self, chunks, draw):

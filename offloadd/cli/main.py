@@ -1,7 +1,8 @@
-"""The command line: `offloadd serve`, `offloadd mock-upstream`, and friends.
+"""The command line's group, `offloadd`: `serve`, `mock-upstream`, `webhook-secret` and `gc`
+here; `keys …` (`keys.py`) and `ask`/`follow` (`client_cmds.py`) are added to it.
 
-Only this module reads argv and the environment; it builds one `Config` and
-hands it to the app factory.
+Only the `cli` package reads argv and the `OFFLOADD_*` environment: `serve` builds one
+`Config` and hands it to the server (`server/serve.py`), which hands it to the app factory.
 """
 
 from __future__ import annotations
@@ -338,7 +339,7 @@ def gc(older_than: float, dry_run: bool, data: Path) -> None:
     click.echo(f"{verb} {len(paths)} conversation(s)")
 
 
-# --- the terminal client: cli_client.py -------------------------------------------------
+# --- the terminal client: client_cmds.py ------------------------------------------------
 
 main.add_command(ask)
 main.add_command(follow)

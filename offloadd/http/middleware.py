@@ -12,6 +12,7 @@ from offloadd.errors import (
     MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
+    error_body,
 )
 from offloadd.http.appkeys import CONFIG, STATIC
 from offloadd.storage.layout import READ_PREFIXES
@@ -25,8 +26,7 @@ HTTP_CODES = {
 
 
 def error_response(status: int, code: str, message: str, headers: dict | None = None):
-    body = {"status": "error", "error": {"code": code, "message": message}}
-    return web.json_response(body, status=status, headers=headers)
+    return web.json_response(error_body(code, message), status=status, headers=headers)
 
 
 @web.middleware

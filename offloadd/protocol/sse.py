@@ -19,9 +19,15 @@ def encode_event(
     event_id: int, data: bytes, event: str | None = None, retry: int | None = None
 ) -> bytes:
     """One event; data with line breaks becomes several `data:` lines, as SSE requires.
-    The id comes first, where the transcript's scans look for it."""
+    The id comes first, where the transcript's scans look for it.
+
+    A line break in a field's value would end the field and begin another (a forged
+    `data:`, say): the id and retry are integers, written with `%d`, and an event name
+    with a line break is refused with ValueError here, where the bytes are made."""
     head = b"id: %d\n" % event_id
     if event:
+        if "\n" in event or "\r" in event:
+            raise ValueError(f"an SSE event name may not hold a line break: {event!r}")
         head += b"event: %s\n" % event.encode()
     if retry is not None:
         head += b"retry: %d\n" % retry

@@ -60,12 +60,6 @@ class Registry:
         (self.root / "run" / loc.uuid).unlink(missing_ok=True)
         (self.root / "stop" / loc.uuid).unlink(missing_ok=True)
 
-    def owner_of(self, loc: Location) -> str | None:
-        try:
-            return orjson.loads((self.root / "run" / loc.uuid).read_bytes())["owner"]
-        except (FileNotFoundError, orjson.JSONDecodeError, KeyError):
-            return None
-
     # --- stops across daemons -----------------------------------------------------------
 
     def request_stop(self, loc: Location) -> None:

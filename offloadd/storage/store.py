@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 from pathlib import Path
 
 import orjson
@@ -86,9 +85,6 @@ class Store:
         for path in (self.txt_path(loc), self.json_path(loc)):
             with contextlib.suppress(OSError):
                 path.unlink()
-
-    def disk_free(self) -> int:
-        return shutil.disk_usage(self.root).free
 
 
 def append(fd: int, data: bytes) -> None:
