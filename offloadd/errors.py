@@ -1,6 +1,13 @@
-"""The few errors the API answers with; `web.py` turns each into one JSON shape."""
+"""The few errors the API answers with, and the one JSON shape every error answer has
+(`error_body`): `http/middleware.py` answers each `ApiError` with it, and the connection
+guard (`server/guard.py`) the refusals it writes before aiohttp has a request."""
 
 from __future__ import annotations
+
+
+def error_body(code: str, message: str) -> dict:
+    """`{"status": "error", "error": {"code": …, "message": …}}`: built here and nowhere else."""
+    return {"status": "error", "error": {"code": code, "message": message}}
 
 
 class ApiError(Exception):

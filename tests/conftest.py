@@ -13,9 +13,9 @@ import pytest
 from yarl import URL
 
 from offloadd.config import Config
-from offloadd.mock import make_mock_app
-from offloadd.sse import parse_all
-from offloadd.web import make_app
+from offloadd.http.app import make_app
+from offloadd.mock.app import make_mock_app
+from offloadd.protocol.sse import parse_all
 
 SEED_BODY = {
     "messages": [
@@ -191,7 +191,7 @@ async def sdk():
 
 def file_of(data: Path, url: str) -> Path:
     """The file a conversation URL (status or stream) names under `data`."""
-    from offloadd.layout import parse_url
+    from offloadd.storage.layout import parse_url
 
     found = parse_url(url)
     assert found, f"not a conversation URL: {url}"

@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import importlib
 import signal
 
 import pytest
 from click.testing import CliRunner
 
 from offloadd import cli
-from offloadd.sse import parse_all
+from offloadd.protocol.sse import parse_all
 
 
 @pytest.fixture
 def captured(monkeypatch):
     configs = []
-    monkeypatch.setattr(cli, "run", configs.append)
+    # `cli.main` is the click group; the module that holds `run` is reached by its name
+    monkeypatch.setattr(importlib.import_module("offloadd.cli.main"), "run", configs.append)
     return configs
 
 

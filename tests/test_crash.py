@@ -9,7 +9,7 @@ from pathlib import Path
 import orjson
 
 from conftest import file_of, how_it_ended, stream_text, wait_status
-from offloadd.sse import parse_all
+from offloadd.protocol.sse import parse_all
 
 LONG = {"messages": [{"role": "user", "content": "x"}], "model": "mock?tokens=2000&delay_ms=10"}
 SHORT = {"messages": [{"role": "user", "content": "x"}], "model": "mock?tokens=3"}

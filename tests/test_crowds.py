@@ -16,8 +16,8 @@ from test_keys import make_key
 
 from conftest import OPENAI_KEY, SEED_BODY, Api
 from offloadd import cli
-from offloadd.appkeys import CONFIG
-from offloadd.web import make_app
+from offloadd.http.app import make_app
+from offloadd.http.appkeys import CONFIG
 
 
 @pytest.fixture

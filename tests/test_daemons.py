@@ -12,8 +12,8 @@ import orjson
 import pytest
 
 from conftest import file_of, how_it_ended, wait_status
-from offloadd.layout import Location
-from offloadd.sse import parse_all
+from offloadd.protocol.sse import parse_all
+from offloadd.storage.layout import Location
 
 LONG = {"messages": [{"role": "user", "content": "x"}], "model": "mock?tokens=3000&delay_ms=10"}
 
@@ -158,7 +158,7 @@ class TestPollingUnderLoad:
     async def test_a_busy_daemon_still_follows_files_other_daemons_write(self, cluster, http):
         """Pokes from this daemon's own writers must not starve the timed poll that follows
         files written elsewhere (found by the --workers 2 benchmark)."""
-        from offloadd.sse import SSEParser
+        from offloadd.protocol.sse import SSEParser
 
         _, _, (a, b, _) = cluster
         own = await _create(http, a.url, {**LONG, "model": "mock?tokens=3000&delay_ms=5"})

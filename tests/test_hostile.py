@@ -13,8 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import OPENAI_KEY, SEED_BODY, Api, file_of, files_under, how_it_ended
-from offloadd.sse import parse_all
-from offloadd.web import make_app
+from offloadd.http.app import make_app
+from offloadd.protocol.sse import parse_all
 
 FUZZ = settings(
     max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]

@@ -12,7 +12,7 @@ import pytest
 from realworld import SshfsExport, other_host
 
 from conftest import how_it_ended, require_binary, wait_status
-from offloadd.sse import parse_all
+from offloadd.protocol.sse import parse_all
 
 LONG = {"messages": [{"role": "user", "content": "x"}], "model": "mock?tokens=400&delay_ms=10"}
 

@@ -13,8 +13,9 @@ from click.testing import CliRunner
 
 from conftest import OPENAI_KEY, SEED_BODY
 from offloadd import cli
-from offloadd.keys import DB_NAME, SQLiteKeys, load_plans
-from offloadd.web import make_app
+from offloadd.http.app import make_app
+from offloadd.keys.base import load_plans
+from offloadd.keys.sqlite import DB_NAME, SQLiteKeys
 
 
 def make_key(data_dir: Path, name: str = "app", plan: str = "free", plans=None) -> str:

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from conftest import OPENAI_KEY, SEED_BODY, files_under
 from offloadd import cli
-from offloadd.web import make_app
+from offloadd.http.app import make_app
 
 PLANS = '{"tiny": {"monthly": 25, "per_minute": null}, "tokens": {"monthly_tokens": 30}}'
 

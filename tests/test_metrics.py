@@ -66,7 +66,7 @@ class TestMetrics:
 
 class TestAccessLog:
     async def test_one_json_line_per_request_without_query(self, api, caplog):
-        from offloadd.logs import AccessLogger
+        from offloadd.server.logs import AccessLogger
 
         urls = (await api.create(model="mock?tokens=2", access="private"))["endpoints"]
         logger = AccessLogger(logging.getLogger("offloadd.access"), "")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import orjson
 
-from offloadd.sse import parse_all
+from offloadd.protocol.sse import parse_all
 
 AUTH = {"Authorization": "Bearer sk-anything"}
 HELLO = {"messages": [{"role": "user", "content": "hello mock world"}]}

@@ -13,7 +13,7 @@ import orjson
 import pytest
 
 from conftest import free_port, require_binary
-from offloadd.sse import SSEParser, parse_all
+from offloadd.protocol.sse import SSEParser, parse_all
 
 ROOT = Path(__file__).resolve().parent.parent
 CONF = ROOT / "deploy" / "nginx" / "offloadd.conf"

@@ -8,7 +8,7 @@ import openai
 import pytest
 
 from conftest import OPENAI_KEY, how_it_ended, stream_text
-from offloadd.sse import parse_all
+from offloadd.protocol.sse import parse_all
 
 MESSAGES = [{"role": "user", "content": "hello from the sdk"}]
 

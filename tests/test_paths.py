@@ -1,4 +1,5 @@
-"""Reading URLs: only well-formed paths of existing conversations; CORS for browsers."""
+"""Reading URLs: only well-formed paths of existing conversations; CORS for browsers; what
+/v1/info lists (all three follow the route table)."""
 
 from __future__ import annotations
 
@@ -79,3 +80,42 @@ class TestCors:
             headers={"Origin": "https://app.example.com", "Access-Control-Request-Method": "POST"},
         )
         assert "Access-Control-Allow-Origin" not in resp.headers
+
+    @pytest.mark.parametrize(
+        "path",
+        [
+            "/v1/responses",
+            "/v1/responses/resp_x/cancel",
+            "/v1/responses/resp_x",
+            "/v1/chat/completions",
+            "/v1/stream-chatgpt",
+            "/v1/async-chatgpt",
+        ],
+    )
+    async def test_create_endpoints_answer_a_preflight_when_configured(self, make_client, path):
+        client = await make_client(create_cors_origins=("https://app.example.com",))
+        resp = await client.options(
+            path,
+            headers={
+                "Origin": "https://app.example.com",
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "authorization, content-type, x-api-key",
+            },
+        )
+        assert resp.status == 204
+        assert resp.headers["Access-Control-Allow-Origin"] == "https://app.example.com"
+        assert "POST" in resp.headers["Access-Control-Allow-Methods"]
+        allowed = resp.headers["Access-Control-Allow-Headers"].lower()
+        for header in ("authorization", "content-type", "x-api-key"):
+            assert header in allowed
+
+
+class TestInfo:
+    async def test_info_lists_every_create_endpoint(self, client):
+        info = await (await client.get("/v1/info")).json()
+        assert info["create"] == [
+            "POST /v1/stream-chatgpt",
+            "POST /v1/async-chatgpt",
+            "POST /v1/chat/completions",
+            "POST /v1/responses",
+        ]

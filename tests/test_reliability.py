@@ -13,7 +13,7 @@ import orjson
 import pytest
 
 from conftest import OPENAI_KEY, SEED_BODY, files_under
-from offloadd.sse import parse_all
+from offloadd.protocol.sse import parse_all
 
 
 class TestDisk:
@@ -158,7 +158,7 @@ class TestReaders:
         raw = await asyncio.wait_for(api.stream(urls["stream_events_url"]), 60)
         assert raw.endswith(b"data: [DONE]\n\n")
         assert len(parse_all(raw)) > 6000
-        from offloadd.appkeys import HUB
+        from offloadd.http.appkeys import HUB
 
         tails = api.client.app[HUB].tails  # the stalled readers still hold the file's tail
         [tail] = [t for path, t in tails.items() if path.name in urls["stream_events_url"]]

@@ -64,6 +64,41 @@ class TestSlowClients:
             assert resp.status == 200
 
 
+class TestConnectionCount:
+    async def test_the_count_of_open_connections_returns_to_zero(self):
+        """The cap counts connections as they come and go: accepted, refused and timed out
+        alike are counted off when they close, so the room comes back whole."""
+        from aiohttp import web
+
+        from offloadd.server.guard import GuardedRunner, Limits
+
+        async def hello(request: web.Request) -> web.Response:
+            return web.Response(text="ok")
+
+        app = web.Application()
+        app.router.add_get("/", hello)
+        runner = GuardedRunner(app, Limits(header_timeout=0.3, max_connections=3))
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, "127.0.0.1", 0).start()
+            port = runner.addresses[0][1]
+            for _ in range(2):  # twice: the second round finds all the room again
+                conns = []
+                for _ in range(5):
+                    conns.append(await asyncio.open_connection("127.0.0.1", port))
+                    await asyncio.sleep(0.02)  # accepted in this order
+                answers = [(await _answer(reader))[0] for reader, _ in conns]
+                assert answers == [408, 408, 408, 503, 503]  # three held until too late
+                for _, writer in conns:
+                    writer.close()
+                    await writer.wait_closed()
+                async with asyncio.timeout(5):
+                    while runner.open_connections.count:
+                        await asyncio.sleep(0.01)
+        finally:
+            await runner.cleanup()
+
+
 class TestParserErrorsAreJson:
     @pytest.mark.parametrize(
         "request_bytes",

@@ -6,11 +6,12 @@ from __future__ import annotations
 import asyncio
 
 import orjson
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from offloadd.sse import DONE, encode_event, parse_all
-from offloadd.transcript import chunk_record, ending, resume_offset
+from offloadd.protocol.sse import DONE, encode_event, parse_all
+from offloadd.storage.transcript import chunk_record, ending, resume_offset
 
 # SSE cannot carry a lone "\r" (it is a line break on the wire); JSON chunks never hold one.
 TEXT = st.text(st.characters(blacklist_characters="\r", blacklist_categories=("Cs",)))
@@ -34,12 +35,21 @@ class TestRoundTrip:
         assert event.event == name
         assert event.id == "7"
 
+    @pytest.mark.parametrize("name", ["a\nb", "a\rb", "a\r\ndata: forged", "\n"])
+    def test_an_event_name_with_a_line_break_is_refused(self, name):
+        with pytest.raises(ValueError, match="line break"):
+            encode_event(1, b"{}", name)
+
+    def test_an_id_is_an_integer_so_it_holds_no_line_break(self):
+        with pytest.raises(TypeError):
+            encode_event("1\ndata: forged", b"{}")  # type: ignore[arg-type]
+
     @given(st.lists(DATA, max_size=20), st.data())
     def test_ids_stay_contiguous_however_the_bytes_are_split(self, chunks, draw):
         names = draw.draw(st.lists(NAMES, min_size=len(chunks), max_size=len(chunks)))
         raw = _stream(chunks, names)
         cuts = sorted(draw.draw(st.lists(st.integers(0, len(raw)), max_size=8)))
-        from offloadd.sse import SSEParser
+        from offloadd.protocol.sse import SSEParser
 
         parser, events, last = SSEParser(), [], 0
         for cut in [*cuts, len(raw)]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from conftest import file_of, how_it_ended
-from offloadd.sse import parse_all
+from offloadd.protocol.sse import parse_all
 
 
 async def _wait_upstream_closed(api, timeout=5.0) -> dict:

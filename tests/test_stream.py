@@ -8,7 +8,7 @@ import os
 import orjson
 
 from conftest import file_of, how_it_ended
-from offloadd.sse import SSEParser, parse_all
+from offloadd.protocol.sse import SSEParser, parse_all
 
 
 def _chunk_events(events):

@@ -1,0 +1,1 @@
+"""The rules and documents of offloaded requests, knowing nothing of HTTP or sockets."""

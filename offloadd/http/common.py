@@ -1,0 +1,239 @@
+"""The request helpers the endpoint modules share, so that none imports another: what every
+create reads first (the caller's key, the content type and size, the body in time), the
+base of the URLs handed out, the upstream key; and the OpenAI-shaped endpoints' common
+path: the offloaded request behind an SDK call, followed from its first byte or awaited,
+its failures answered as OpenAI answers its own."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import Callable
+
+from aiohttp import web
+
+from offloadd.config import Config
+from offloadd.domain.access import TOKEN_QUERY
+from offloadd.domain.validate import ChatRequest
+from offloadd.errors import (
+    ApiError,
+    BadRequest,
+    PayloadTooLarge,
+    RequestTimeout,
+    Unauthorized,
+    UnsupportedMediaType,
+)
+from offloadd.http.appkeys import CONFIG, CREATOR, HUB, RUNNER, STORE
+from offloadd.http.events import respond
+from offloadd.http.middleware import cors_headers
+from offloadd.protocol.wire import Dialect
+from offloadd.requests.create import Created, NewRequest
+from offloadd.storage.layout import Location, parse_url
+from offloadd.storage.transcript import STOPPED_MESSAGE
+
+MOCK_KEY = "offloadd-mock-key"
+# host[:port] as a URL may hold it: a name, an IPv4 address or a bracketed IPv6 one
+HOST = re.compile(
+    r"(?:[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\])(?::\d{1,5})?"
+)
+STOP_ON_DISCONNECT = "X-Offloadd-Stop-On-Disconnect"
+URL_HEADERS = {
+    "status_url": "X-Offloadd-Status-Url",
+    "stream_events_url": "X-Offloadd-Stream-Url",
+    "stop_url": "X-Offloadd-Stop-Url",
+}
+
+
+# --- what every create reads ------------------------------------------------------------
+
+
+async def read_create(request: web.Request) -> tuple[str | None, bytes]:
+    """What every create endpoint reads first, in this order: the caller's key (401
+    before anything else), the content type and size, then the body (in time)."""
+    config = request.app[CONFIG]
+    caller = api_key(request) if config.auth else None
+    await request.app[CREATOR].admit(caller)
+    _check_json(request)
+    return caller, await _body(request, config)
+
+
+def public_base(request: web.Request) -> str:
+    """The base of the URLs handed out: `--public-url`, else what the client reached."""
+    config = request.app[CONFIG]
+    if config.public_url:
+        return config.public_url.rstrip("/")
+    proto, host = request.scheme, request.host
+    allowed = config.forwarded_allow_ips
+    if "*" in allowed or request.remote in allowed:
+        proto = request.headers.get("X-Forwarded-Proto", proto).split(",")[0].strip()
+        host = request.headers.get("X-Forwarded-Host", host).split(",")[0].strip()
+    if proto not in ("http", "https"):
+        proto = request.scheme
+    if not HOST.fullmatch(host):
+        raise BadRequest("the request's host is not a valid host name", code="invalid_host")
+    return f"{proto}://{host}"
+
+
+def upstream_key(request: web.Request, bearer_too: bool = False) -> str:
+    """`X-OpenAI-API-Key`, else the server's own key; for the OpenAI SDK's endpoints with
+    auth off (`bearer_too`), the SDK's own `Authorization: Bearer` (a plain base_url swap)."""
+    config = request.app[CONFIG]
+    key = request.headers.get("X-OpenAI-API-Key") or config.upstream_key
+    bearer = request.headers.get("Authorization", "")
+    if not key and bearer_too and not config.auth and bearer[:7].lower() == "bearer ":
+        key = bearer[7:].strip()
+    if not key and config.uses_mock:
+        key = MOCK_KEY
+    if not key:
+        raise Unauthorized(
+            "send your OpenAI key in the `X-OpenAI-API-Key` header "
+            "(this server has no upstream key of its own)",
+            code="missing_openai_key",
+        )
+    return key
+
+
+def api_key(request: web.Request) -> str:
+    """The caller's offloadd key, from any header the original's clients may use."""
+    headers = request.headers
+    bearer = headers.get("Authorization", "")
+    key = headers.get("X-RapidAPI-Key") or headers.get("X-API-Key")
+    if not key and bearer[:7].lower() == "bearer ":
+        key = bearer[7:].strip()
+    if not key:
+        raise Unauthorized(
+            "send your offloadd API key in `X-API-Key` (or `X-RapidAPI-Key`, or "
+            "`Authorization: Bearer`); make one with `offloadd keys create`",
+            code="missing_api_key",
+        )
+    return key
+
+
+def _check_json(request: web.Request) -> None:
+    if request.content_type != "application/json" and not request.content_type.endswith("+json"):
+        raise UnsupportedMediaType("send the body as JSON with `Content-Type: application/json`")
+    limit = request.app[CONFIG].max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(f"the body is larger than {limit} bytes")
+
+
+async def _body(request: web.Request, config: Config) -> bytes:
+    """The body, if it arrives within `--body-timeout` (a slow client holds no slot forever)."""
+    try:
+        async with asyncio.timeout(config.body_timeout):
+            return await request.read()
+    except TimeoutError:
+        raise RequestTimeout(
+            f"the body did not arrive within {config.body_timeout:g} s", code="body_timeout"
+        ) from None
+
+
+# --- the OpenAI-shaped endpoints ----------------------------------------------------------
+
+
+class UpstreamFailed(ApiError):
+    """The offloaded call ended in error: answered as OpenAI answers its own errors."""
+
+    status = 502
+    code = "upstream_error"
+
+
+async def create_for_sdk(
+    request: web.Request, caller: str | None, body: bytes, chat: ChatRequest, dialect: Dialect
+) -> tuple[Created, Location]:
+    """The offloaded request behind an OpenAI SDK call, and where it lives."""
+    created = await request.app[CREATOR].create(
+        NewRequest(
+            kind=1,
+            endpoint=request.path,
+            dialect=dialect,
+            body=body,
+            chat=chat,
+            upstream_key=upstream_key(request, bearer_too=True),
+            organization=request.headers.get("OpenAI-Organization")
+            or request.headers.get("X-OpenAI-Organization"),
+            base_url=public_base(request),
+            caller=caller,
+            created_at=time.time(),
+            idempotency_key=request.headers.get("Idempotency-Key"),
+        )
+    )
+    found = parse_url(created.answer["endpoints"]["status_url"])
+    assert found is not None  # we made this URL
+    return created, found[1]
+
+
+def stops_on_disconnect(request: web.Request) -> bool:
+    return request.headers.get(STOP_ON_DISCONNECT, "").lower() in ("1", "true", "yes")
+
+
+def url_headers(created: Created) -> dict:
+    answer = created.answer
+    headers = {URL_HEADERS[k]: v for k, v in answer["endpoints"].items() if k in URL_HEADERS}
+    if token := answer["authorization"].get("bearer_token"):
+        headers["X-Offloadd-Bearer-Token"] = token
+    headers["X-Offloadd-Conversation-Id"] = answer["conversation_id"]
+    return {**headers, **(created.headers or {})}
+
+
+async def follow(
+    request: web.Request, loc: Location, headers: dict, stop_on_disconnect: bool
+) -> web.StreamResponse:
+    """The request's transcript from its start: exactly the stream the SDK expects."""
+    path, runner = request.app[STORE].txt_path(loc), request.app[RUNNER]
+    try:
+        response = await respond(
+            request,
+            request.app[HUB],
+            path,
+            None,
+            {
+                **cors_headers(request),
+                **headers,
+            },
+        )
+    finally:  # the reader left before the end (or was cancelled as it left)
+        if stop_on_disconnect and runner.is_running(loc):
+            runner.cancel(loc.uuid)
+    return response
+
+
+async def completion(
+    request: web.Request,
+    loc: Location,
+    headers: dict,
+    render: Callable[[dict], dict] = lambda doc: doc["response"]["body"],
+) -> web.Response:
+    """`stream: false`: the answer once the request is done (`render` makes it of the
+    document: a `chat.completion`, or a Responses API object); failures as OpenAI's."""
+    doc = await request.app[RUNNER].until_done(loc)
+    assert doc is not None
+    if doc["status"] == "done":
+        return web.json_response(render(doc), headers=headers)
+    raise failure(doc, headers)
+
+
+def failure(doc: dict, headers: dict) -> ApiError:
+    """A request that ended in error or was stopped, as the SDK's exception."""
+    error = doc.get("error") or {"code": "stopped", "message": STOPPED_MESSAGE}
+    failed = UpstreamFailed(error["message"], code=error["code"])
+    status = error.get("upstream_status")
+    if error["code"] == "stopped" or doc["status"] == "stopped":
+        failed.status = 409
+    elif isinstance(status, int) and 400 <= status < 600:
+        failed.status = status
+    failed.headers = headers
+    return failed
+
+
+def tokens(request: web.Request, query_too: bool = False) -> list[str]:
+    """Every token the caller sent. An SDK sends `Authorization: Bearer <its api key>` on
+    every request, so a wrong header must not hide a right `?token=`."""
+    found = []
+    value = request.headers.get("Authorization", "")
+    if value[:7].lower() == "bearer ":
+        found.append(value[7:].strip())
+    if query_too and (query := request.query.get(TOKEN_QUERY)):
+        found.append(query)
+    return found

@@ -1,0 +1,119 @@
+"""The one place errors become answers (the JSON error shape), and CORS."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from aiohttp import web
+
+from offloadd.errors import (
+    ApiError,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    error_body,
+)
+from offloadd.http.appkeys import CONFIG, STATIC
+from offloadd.storage.layout import READ_PREFIXES
+from offloadd.storage.store import StorageError
+
+log = logging.getLogger("offloadd.web")
+HTTP_CODES = {
+    404: NotFound("no such endpoint or conversation"),
+    405: MethodNotAllowed("this method is not allowed here"),
+}
+
+
+def error_response(status: int, code: str, message: str, headers: dict | None = None):
+    return web.json_response(error_body(code, message), status=status, headers=headers)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler) -> web.StreamResponse:
+    """Every failure becomes the one JSON error shape; nothing else reaches a client."""
+    try:
+        return await handler(request)
+    except ApiError as e:
+        response = error_response(e.status, e.code, e.message, e.headers)
+        if e.status == 408:  # the rest of a late body must not be read as the next request
+            response.force_close()
+        return response
+    except StorageError as e:
+        log.error("storage: %s", e)
+        return error_response(503, "storage_unavailable", f"the server cannot store data: {e}")
+    except web.HTTPRequestEntityTooLarge:
+        limit = request.app[CONFIG].max_body_bytes
+        too_large = PayloadTooLarge(f"the body is larger than {limit} bytes")
+        return error_response(too_large.status, too_large.code, too_large.message)
+    except web.HTTPException as e:
+        if e.status < 400:
+            raise
+        known = HTTP_CODES.get(e.status)
+        code = known.code if known else "http_error"
+        message = known.message if known else e.reason
+        return error_response(
+            e.status,
+            code,
+            message,
+            {"Allow": e.headers.get("Allow", "")} if e.status == 405 else None,
+        )
+    except (asyncio.CancelledError, ConnectionResetError):
+        raise
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.rel_url.path)
+        return error_response(500, "internal_error", "the server failed; see its log")
+
+
+def _allowed_origin(request: web.Request, origins: tuple[str, ...]) -> str | None:
+    if not origins:
+        return None
+    if "*" in origins:
+        return "*"
+    origin = request.headers.get("Origin")
+    return origin if origin in origins else None
+
+
+def cors_headers(request: web.Request) -> dict:
+    """CORS for reading URLs (default any origin); for create only when configured."""
+    config = request.app[CONFIG]
+    reading = request.path.startswith(READ_PREFIXES)
+    origin = _allowed_origin(
+        request, config.cors_origins if reading else config.create_cors_origins
+    )
+    if origin is None:
+        return {}
+    headers = {
+        "Access-Control-Allow-Origin": origin,
+        "Access-Control-Expose-Headers": "X-RateLimit-Limit, X-RateLimit-Remaining, "
+        "X-RateLimit-Reset, Retry-After",
+    }
+    if origin != "*":
+        headers["Vary"] = "Origin"
+    return headers
+
+
+@web.middleware
+async def cors_middleware(request: web.Request, handler) -> web.StreamResponse:
+    response = await handler(request)
+    if not response.prepared and not response.get(STATIC):
+        response.headers.update(cors_headers(request))
+    return response
+
+
+async def preflight(request: web.Request) -> web.Response:
+    headers = cors_headers(request)
+    if headers:
+        headers.update(
+            {
+                "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
+                "Access-Control-Allow-Headers": "Authorization, Last-Event-ID, Content-Type"
+                + (
+                    ", X-API-Key, X-RapidAPI-Key, X-OpenAI-API-Key, X-OpenAI-Organization"
+                    if not request.path.startswith(READ_PREFIXES)
+                    else ""
+                ),
+                "Access-Control-Max-Age": "86400",
+            }
+        )
+    return web.Response(status=204, headers=headers)

@@ -1,0 +1,1 @@
+"""OpenAI-shaped endpoints: Chat Completions and the Responses API."""

@@ -1,0 +1,120 @@
+"""What both APIs of the mock share: the requests it saw, the switches its model name
+carries (`mock?tokens=500&delay_ms=20&stall_after=7`), taking a request in, refusing one
+as OpenAI would, and when to misbehave."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+from urllib.parse import parse_qsl
+
+import orjson
+from aiohttp import web
+
+STATUS_MESSAGES = {
+    400: ("invalid_request_error", "Invalid request."),
+    401: ("invalid_request_error", "Incorrect API key provided: {key}."),
+    403: ("invalid_request_error", "You are not allowed to access this model."),
+    404: ("invalid_request_error", "The model does not exist."),
+    429: ("requests", "Rate limit reached for requests. Please try again in 1s."),
+    500: ("server_error", "The server had an error while processing your request."),
+    502: ("server_error", "Bad gateway."),
+    503: ("server_error", "The engine is currently overloaded, please try again later."),
+}
+
+
+@dataclass
+class Seen:
+    """One request the mock received, as `/_mock/requests` lists it."""
+
+    model: str
+    authorized: bool
+    stream: bool
+    body: dict
+    received_at: float = field(default_factory=time.time)
+    chunks_sent: int = 0
+    finished: bool = False
+    client_closed: bool = False
+    closed_at: float | None = None
+    peer_port: int | None = None  # the caller's side of the connection: reused or new
+
+
+SEEN = web.AppKey("seen", list)
+
+
+@dataclass(frozen=True)
+class Behaviour:
+    tokens: int | None = None
+    delay_ms: float = 5.0
+    stamp: bool = False
+    status: int | None = None
+    disconnect_after: int | None = None
+    stall_after: int | None = None
+    garbage_after: int | None = None
+    wait_ms: float = 0.0  # once, before the first chunk (lets benchmark readers connect first)
+    retry_after: int = 1
+
+    @classmethod
+    def from_model(cls, model: str) -> Behaviour:
+        """The switches in `mock?a=1&b=2`; unknown or malformed ones are ignored."""
+        if not model.startswith("mock"):
+            return cls()
+        values: dict = {}
+        for key, value in parse_qsl(model.partition("?")[2]):
+            if key == "stamp":
+                values[key] = value not in ("0", "false", "")
+            elif key in cls.__dataclass_fields__:
+                with contextlib.suppress(ValueError):
+                    values[key] = float(value) if key in ("delay_ms", "wait_ms") else int(value)
+        return cls(**values)
+
+
+def dumps(obj: object) -> str:
+    return orjson.dumps(obj).decode()
+
+
+async def intake(request: web.Request) -> tuple[Seen, Behaviour] | web.Response:
+    """What both APIs of the mock do first: read and record the request, refuse it as
+    OpenAI would (bad JSON, no key) or as its model asks (`mock?status=429`)."""
+    auth = request.headers.get("Authorization", "")
+    try:
+        body = orjson.loads(await request.read())
+    except orjson.JSONDecodeError:
+        return _error(400, "We could not parse the JSON body of your request.")
+    if not isinstance(body, dict):
+        return _error(400, "The body must be a JSON object.")
+    model = str(body.get("model") or "mock")
+    entry = Seen(model, bool(auth), bool(body.get("stream")), body)
+    peer = request.transport.get_extra_info("peername") if request.transport else None
+    entry.peer_port = peer[1] if isinstance(peer, tuple) else None
+    request.app[SEEN].append(entry)
+    behaviour = Behaviour.from_model(model)
+    if not auth:
+        return _error(401, "You didn't provide an API key.")
+    if behaviour.status:
+        key = auth.removeprefix("Bearer ")
+        return _error(behaviour.status, retry_after=behaviour.retry_after, key=key)
+    return entry, behaviour
+
+
+def _error(status: int, message: str = "", retry_after: int = 1, key: str = "") -> web.Response:
+    kind, default = STATUS_MESSAGES.get(status, ("api_error", f"HTTP {status}."))
+    body = {
+        "error": {
+            "message": message or default.format(key=key),
+            "type": kind,
+            "param": None,
+            "code": None,
+        }
+    }
+    headers = {"Retry-After": str(retry_after)} if status == 429 else {}
+    return web.json_response(body, status=status, headers=headers, dumps=dumps)
+
+
+def fault_at(behaviour: Behaviour, sent: int) -> str | None:
+    for name in ("disconnect", "stall", "garbage"):
+        after = getattr(behaviour, f"{name}_after")
+        if after is not None and sent == after:
+            return name
+    return None

@@ -1,0 +1,1 @@
+"""Use cases over requests: create, run, end, read; no HTTP routing here."""

@@ -1,0 +1,109 @@
+"""Housekeeping between daemons on one data directory: this daemon's heartbeat, stops
+asked through other daemons, ending the requests of daemons that died, and writing the
+final states the disk refused before.
+
+File work runs in a worker thread; everything that touches the event loop's objects
+(tasks, the readers' hub) happens back on the loop, with what the thread returned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from offloadd.config import Config
+from offloadd.domain.dialects import for_endpoint
+from offloadd.domain.status import TERMINAL
+from offloadd.requests.endings import Endings, error_of
+from offloadd.storage.layout import Location
+from offloadd.storage.registry import Registry
+from offloadd.storage.store import StorageError, Store
+from offloadd.storage.transcript import ending, recover
+
+log = logging.getLogger("offloadd.cluster")
+
+
+class Housekeeping:
+    def __init__(
+        self,
+        registry: Registry,
+        store: Store,
+        endings: Endings,
+        config: Config,
+        running: Callable[[], set[str]],
+        stop: Callable[[str], None],
+        poke: Callable[[Path], None],
+    ):
+        self.registry, self.store, self.endings, self.config = registry, store, endings, config
+        self.running, self.stop, self.poke = running, stop, poke
+
+    async def run(self) -> None:
+        last_beat = last_sweep = 0.0
+        while True:
+            now = time.monotonic()
+            if now - last_beat >= self.config.heartbeat_seconds:
+                await asyncio.to_thread(self.registry.beat)
+                last_beat = now
+            if running := self.running():
+                for uuid in await asyncio.to_thread(self.registry.stop_requests) & running:
+                    self.stop(uuid)
+            if now - last_sweep >= self.config.orphan_sweep_seconds:
+                ended = await asyncio.to_thread(self._sweep)
+                for loc in ended:
+                    self.poke(self.store.txt_path(loc))
+                last_sweep = now
+            await asyncio.sleep(self.config.stop_poll_seconds)
+
+    def _sweep(self) -> list[Location]:
+        """(In a worker thread.) What the disk refused before, then every request whose
+        owner is dead (each is taken by one daemon only); the locations it ended."""
+        ended = self.endings.retry() if self.endings else []
+        try:
+            orphans = self.registry.orphans()
+        except OSError as e:  # a shared filesystem's hiccup: try again at the next sweep
+            log.error("cannot look for orphaned requests: %s", e)
+            return ended
+        for loc in orphans:
+            try:
+                if self.end_orphan(loc):
+                    ended.append(loc)
+            except (OSError, StorageError) as e:
+                log.error("request %s: could not end it after its daemon died: %s", loc.rel, e)
+        try:
+            self.registry.forget_dead_owners()
+        except OSError as e:
+            log.error("cannot forget dead daemons: %s", e)
+        return ended
+
+    def end_orphan(self, loc: Location) -> bool:
+        """End a request whose owner died: its answer is rebuilt from the stream file (which
+        is ahead of the status file by up to a second), then it ends `interrupted` — or
+        `stopped`, if someone asked for that — so readers are released."""
+        doc = self.store.read_status(loc)
+        if doc is None:
+            return False
+        fd = self.store.open_stream(loc)
+        try:
+            dialect = for_endpoint((doc.get("request") or {}).get("endpoint"))
+            found = recover(self.store.txt_path(loc), dialect.assembly())
+            if found.ended:
+                return False  # it ended; only its marker was left behind
+            endings = self.endings
+            if doc["status"] in TERMINAL:  # died between the two final writes
+                tail = ending(found.last_id, doc["status"], doc.get("error"), endings.retry_ms)
+            elif loc.uuid in self.registry.stop_requests():
+                tail = endings.finalize(doc, found.completion, found.last_id, "stopped", None)
+            else:
+                message = "the daemon running this request stopped before it completed"
+                error = error_of("interrupted", message)
+                tail = endings.finalize(doc, found.completion, found.last_id, "error", error)
+            endings.write(loc, doc, tail, fd)
+            log.warning("request %s ended as %s (its daemon died)", loc.rel, doc["status"])
+            return True
+        finally:
+            os.close(fd)
+            self.registry.release(loc)

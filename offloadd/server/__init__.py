@@ -1,0 +1,1 @@
+"""The process: listening sockets, workers, the connection guard, the access log."""

@@ -1,0 +1,105 @@
+"""The files of a conversation: reading and writing them where `layout` puts them.
+
+Knows nothing of HTTP. The `.json` is only ever replaced whole (temporary file,
+then rename), the `.txt` only ever appended to, so readers in any process see
+either the old or the new document and a prefix of the stream.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+import orjson
+
+from offloadd.storage.layout import Location
+
+# The statuses a status document ends in (`domain/status.py` makes every transition): kept
+# with the files, so that retention, below the domain, knows what it may remove.
+TERMINAL = ("done", "error", "stopped")
+
+
+class StorageError(Exception):
+    """A file of a conversation could not be written (full disk, permissions, …)."""
+
+
+class Store:
+    """Reads and writes conversations under one data directory."""
+
+    def __init__(self, root: Path):
+        self.root = root
+
+    def base(self, loc: Location) -> Path:
+        return self.root / loc.scope / loc.stamp / loc.uuid
+
+    def json_path(self, loc: Location) -> Path:
+        return self.base(loc).with_suffix(".json")
+
+    def txt_path(self, loc: Location) -> Path:
+        return self.base(loc).with_suffix(".txt")
+
+    def create(self, loc: Location, doc: dict) -> None:
+        """Make both files, or neither: a failed create leaves nothing behind."""
+        folder = self.base(loc).parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            with open(self.txt_path(loc), "xb"):
+                pass
+            self.write_status(loc, doc)
+        except (OSError, StorageError) as e:
+            self.remove(loc)
+            why = getattr(e, "strerror", None) or e
+            raise StorageError(f"cannot create the conversation files: {why}") from e
+
+    def write_status(self, loc: Location, doc: dict | bytes, durable: bool = False) -> None:
+        """Replace the `.json` atomically; `durable` also syncs it (for final states)."""
+        path = self.json_path(loc)
+        tmp = path.with_name(f".{loc.uuid}.{os.getpid()}.tmp")
+        try:
+            with open(tmp, "wb") as f:
+                f.write(doc if isinstance(doc, bytes) else orjson.dumps(doc))
+                if durable:
+                    f.flush()
+                    os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            raise StorageError(f"cannot write {path.name}: {e.strerror or e}") from e
+
+    def read_status(self, loc: Location) -> dict | None:
+        try:
+            return orjson.loads(self.json_path(loc).read_bytes())
+        except FileNotFoundError:
+            return None
+
+    def open_stream(self, loc: Location) -> int:
+        """An append-only descriptor on the `.txt`, for the one task that writes it."""
+        try:
+            return os.open(self.txt_path(loc), os.O_WRONLY | os.O_APPEND)
+        except OSError as e:
+            raise StorageError(f"cannot open the stream file: {e.strerror or e}") from e
+
+    def remove(self, loc: Location) -> None:
+        """Remove both files, as far as the disk lets us (this runs when a write failed)."""
+        for path in (self.txt_path(loc), self.json_path(loc)):
+            with contextlib.suppress(OSError):
+                path.unlink()
+
+
+def append(fd: int, data: bytes) -> None:
+    """Append whole records to a stream file, or nothing: a write the disk cut short is
+    undone, so the file always ends at a record boundary."""
+    start = None
+    try:
+        view = memoryview(data)
+        while view:
+            written = os.write(fd, view)
+            if start is None and written < len(view):
+                start = os.fstat(fd).st_size - written
+            view = view[written:]
+    except OSError as e:
+        if start is not None:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, start)
+        raise StorageError(f"cannot append to the stream file: {e.strerror or e}") from e

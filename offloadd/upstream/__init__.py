@@ -1,0 +1,1 @@
+"""The model call. This package re-exports nothing: import from its modules."""
