@@ -45,7 +45,7 @@ def listen_socket(config: Config) -> socket.socket:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((config.host, config.port))
     # Bursts of new readers queue here, not in SYN retries: as long a queue as the kernel
-    # allows (net.core.somaxconn caps it; README, *A flash crowd*).
+    # allows (net.core.somaxconn caps it; docs/deployment.md, *A flash crowd*).
     sock.listen(LISTEN_BACKLOG)
     sock.set_inheritable(True)
     return sock

@@ -3,7 +3,7 @@ scanned, resumed and recovered.
 
 A transcript is the SSE stream itself, byte for byte, so nginx serving the finished
 file gives a reader the same stream as the live server. It is built for every common
-reader, not only browsers (see README, *The event stream*):
+reader, not only browsers (see docs/stream-format.md):
 
 - every record has data (the openai SDK and httpx-sse yield a data-less record, and
   `json.loads("")` fails), so `retry:` rides on the first event instead of standing alone;
