@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import importlib
 import signal
+from pathlib import Path
 
+import click
 import pytest
 from click.testing import CliRunner
 
 from offloadd import cli
+from offloadd.cli.reference import reference
 from offloadd.protocol.sse import parse_all
+
+PAGE = Path(__file__).resolve().parent.parent / "docs" / "cli.md"
 
 
 @pytest.fixture
@@ -73,3 +78,39 @@ class TestRealProcess:
         assert b"real" in b"".join(e.data for e in events)
         daemon.signal(signal.SIGTERM)
         assert await daemon.wait() == 0
+
+
+class TestReference:
+    """docs/cli.md is generated from the commands (`python -m offloadd.cli.reference`)."""
+
+    def test_the_page_is_the_generated_reference(self):
+        assert PAGE.read_text() == reference(), (
+            "docs/cli.md is stale: python -m offloadd.cli.reference > docs/cli.md"
+        )
+
+    def test_every_serve_option_is_in_the_page_with_its_variable(self):
+        section = PAGE.read_text().split("## `offloadd serve`\n")[1].split("\n## ")[0]
+        rows = {line.split("`")[1]: line for line in section.splitlines() if line.startswith("| `")}
+        serve = cli.main.commands["serve"]
+        for param in serve.params:
+            assert param.opts[0] in rows, f"{param.opts[0]} is missing from docs/cli.md"
+            names = [param.envvar] if isinstance(param.envvar, str) else param.envvar or []
+            for name in names:  # a list of variables: each one is in the row
+                assert f"`{name}`" in rows[param.opts[0]], (param.opts[0], name)
+        assert len(rows) == len(serve.params)  # and no row for an option that is gone
+
+    def test_a_new_option_appears_with_its_metadata(self):
+        @click.group()
+        def group() -> None:
+            """A group."""
+
+        @group.command()
+        @click.option("--answer", default=42, envvar="X_ANSWER", help="What | it is.")
+        @click.option("--loud", is_flag=True, help="Shout.")
+        def ask(answer: int, loud: bool) -> None:
+            """Ask."""
+
+        text = reference(group)
+        assert "## `offloadd ask`" in text and "offloadd ask [OPTIONS]" in text
+        assert "| `--answer` | integer | `42` | `X_ANSWER` | What \\| it is. |" in text
+        assert "| `--loud` | flag | off |  | Shout. |" in text

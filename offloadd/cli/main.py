@@ -214,7 +214,13 @@ def main() -> None:
     help="Seconds without a heartbeat after which another daemon's requests are ended.",
 )
 @KEYS_OPTION
-@click.option("--log-level", default="INFO", show_default=True, envvar="OFFLOADD_LOG_LEVEL")
+@click.option(
+    "--log-level",
+    default="INFO",
+    show_default=True,
+    envvar="OFFLOADD_LOG_LEVEL",
+    help="Lowest level logged: DEBUG, INFO, WARNING, ERROR or CRITICAL.",
+)
 def serve(**options) -> None:
     """Run the daemon."""
     setup(options["log_level"])
@@ -288,8 +294,8 @@ def _start_line(config: Config) -> str:
 
 
 @main.command("mock-upstream")
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8090, show_default=True, type=int)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8090, show_default=True, type=int, help="Port to listen on.")
 def mock_upstream(host: str, port: int) -> None:
     """Run the mock OpenAI-compatible upstream (SPEC §8)."""
     web.run_app(
