@@ -5,6 +5,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+from typing import TypedDict
+
+from offloadd.domain.status import StatusDocument
 
 TOKEN_QUERY = "token"
 
@@ -26,12 +29,16 @@ def authorization(token: str) -> dict:
     }
 
 
-def private_fields(token: str) -> dict:
+class PrivateFields(TypedDict):
+    _offloadd: dict[str, str]
+
+
+def private_fields(token: str) -> PrivateFields:
     """What the status document keeps of the token: its hash, in offloadd's own section."""
     return {"_offloadd": {"token_sha256": token_hash(token)}}
 
 
-def allows(doc: dict, token: str | None) -> bool:
+def allows(doc: StatusDocument, token: str | None) -> bool:
     """Whether `token` opens this conversation; public ones need none."""
     if (doc.get("authorization") or {}).get("access") != "private":
         return True
@@ -39,6 +46,6 @@ def allows(doc: dict, token: str | None) -> bool:
     return token is not None and hmac.compare_digest(token_hash(token), expected)
 
 
-def any_allows(doc: dict, tokens: list[str]) -> bool:
+def any_allows(doc: StatusDocument, tokens: list[str]) -> bool:
     """Whether any of the tokens a reader sent opens this conversation."""
     return allows(doc, None) or any(allows(doc, token) for token in tokens)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
+from offloadd.domain.status import StatusDocument
 from offloadd.errors import BadRequest
 from offloadd.storage.layout import Location, parse_url
 
@@ -31,7 +32,7 @@ def earlier_location(url: str, own_base: str) -> Location:
     return found[1]
 
 
-def answer_message(doc: dict) -> dict | None:
+def answer_message(doc: StatusDocument) -> dict | None:
     """The earlier request's answer as an assistant message, if it produced one."""
     body = (doc.get("response") or {}).get("body") or {}
     choices = body.get("choices") or []
@@ -46,7 +47,7 @@ def answer_message(doc: dict) -> dict | None:
     return out
 
 
-def continued_messages(earlier: dict, new: list) -> list:
+def continued_messages(earlier: StatusDocument, new: list) -> list:
     """Earlier messages, then the earlier answer, then the new messages."""
     messages = list((earlier.get("parameters") or {}).get("messages") or [])
     answer = answer_message(earlier)

@@ -12,6 +12,7 @@ import re
 from typing import Any
 
 from offloadd.config import Config
+from offloadd.domain.status import StatusDocument
 from offloadd.domain.validate import OWN_FIELDS, ChatRequest, json_object, model_of, options_of
 from offloadd.errors import BadRequest
 from offloadd.storage.layout import Location
@@ -71,7 +72,7 @@ def input_items(value: Any) -> list:
     return [{"role": "user", "content": value}] if isinstance(value, str) else list(value or [])
 
 
-def continued_input(earlier: dict, new_input: Any) -> list:
+def continued_input(earlier: StatusDocument, new_input: Any) -> list:
     """`previous_response_id`, for any upstream: the earlier input, its output, then the new."""
     before = input_items((earlier.get("parameters") or {}).get("input"))
     output = ((earlier.get("response") or {}).get("body") or {}).get("output") or []
@@ -137,7 +138,7 @@ class ResponseAssembly:
 STATUS = {"waiting": "queued", "streaming": "in_progress", "stopped": "cancelled"}
 
 
-def served(doc: dict, rid: str) -> dict:
+def served(doc: StatusDocument, rid: str) -> dict:
     """The response object as the Responses API answers it, for any state of the request."""
     params = doc.get("parameters") or {}
     body = dict((doc.get("response") or {}).get("body") or {})

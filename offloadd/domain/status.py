@@ -2,20 +2,67 @@
 
 from __future__ import annotations
 
+from typing import Any, NotRequired, TypedDict, cast
+
 import orjson
 
-from offloadd.storage.layout import Location, url_prefix
+from offloadd.storage.layout import Kind, Location, url_prefix
 from offloadd.storage.store import (
     TERMINAL as TERMINAL,
 )  # re-exported: kept with the files, for retention
+from offloadd.storage.store import Store
 
-KINDS = {1: "/v1/stream-chatgpt", 2: "/v1/async-chatgpt"}
+ENDPOINTS = {Kind.STREAM: "/v1/stream-chatgpt", Kind.ASYNC: "/v1/async-chatgpt"}
+
+
+class RequestTimes(TypedDict):
+    """`request`: which endpoint made it, and when it was asked, started and finished."""
+
+    endpoint: str
+    request_at: float
+    processed_at: float | None
+    finished_at: float | None
+    request_time: float | None
+    total_time: float | None
+
+
+class UpstreamAnswer(TypedDict):
+    """`response`: the upstream's status and kept headers, and the answer so far."""
+
+    status_code: int | None
+    headers: dict[str, Any]
+    body: dict[str, Any] | None
+
+
+class StatusDocument(TypedDict):
+    """The status document (`<uuid>.json`): what `new_document` makes, the transitions
+    below change, and readers serve (`public_view`). Read back from disk it is a plain
+    dict of this shape; the optional keys appear with a webhook, the Responses API or
+    private access (`_offloadd`, never served)."""
+
+    status: str  # waiting | streaming | done | error | stopped
+    created_at: int
+    conversation_id: str
+    README: str
+    authorization: dict[str, Any]
+    endpoints: dict[str, str]
+    request: RequestTimes
+    options: dict[str, Any]
+    parameters: dict[str, Any]
+    response: UpstreamAnswer
+    error: dict[str, Any] | None
+    events: int
+    webhook: NotRequired[dict[str, Any]]
+    background: NotRequired[bool]
+    previous_response_id: NotRequired[str | None]
+    _offloadd: NotRequired[dict[str, Any]]
+
 
 CREATE_README = {
-    1: "The `stream_events_url` endpoint below streams data sent by the ChatGPT API. "
+    Kind.STREAM: "The `stream_events_url` endpoint below streams data sent by the ChatGPT API. "
     "Open it to receive incoming messages.",
-    2: "The `status_url` endpoint below continuously updates with data sent by the ChatGPT API. "
-    "Load it to check for new data.",
+    Kind.ASYNC: "The `status_url` endpoint below continuously updates with data sent by the "
+    "ChatGPT API. Load it to check for new data.",
 }
 
 STATUS_README = {
@@ -32,11 +79,11 @@ STATUS_README = {
 }
 
 
-def endpoints(base_url: str, kind: int, loc: Location) -> dict:
+def endpoints(base_url: str, kind: Kind, loc: Location) -> dict:
     """The URLs of a conversation; the async kind has no stream URL, as in the original."""
     prefix = url_prefix(base_url, kind, loc)
     urls = {"status_url": f"{prefix}.json"}
-    if kind == 1:
+    if kind is Kind.STREAM:
         urls["stream_events_url"] = f"{prefix}.txt"
     urls["stop_url"] = f"{prefix}/stop"
     return urls
@@ -44,7 +91,7 @@ def endpoints(base_url: str, kind: int, loc: Location) -> dict:
 
 def new_document(
     *,
-    kind: int,
+    kind: Kind,
     endpoint: str | None = None,
     loc: Location,
     base_url: str,
@@ -54,7 +101,7 @@ def new_document(
     options: dict,
     parameters: dict,
     from_status_url: str | None = None,
-) -> dict:
+) -> StatusDocument:
     """The status document as first written: `waiting`, nothing received yet."""
     urls = endpoints(base_url, kind, loc)
     if from_status_url:
@@ -67,7 +114,7 @@ def new_document(
         "authorization": authorization,
         "endpoints": urls,
         "request": {
-            "endpoint": endpoint or KINDS[kind],
+            "endpoint": endpoint or ENDPOINTS[kind],
             "request_at": round(created_at, 3),
             "processed_at": None,
             "finished_at": None,
@@ -82,7 +129,12 @@ def new_document(
     }
 
 
-def create_answer(doc: dict, kind: int, authorization: dict) -> dict:
+def stored(store: Store, loc: Location) -> StatusDocument | None:
+    """A document read back from its file: plain JSON, of the shape this module wrote."""
+    return cast("StatusDocument | None", store.read_status(loc))
+
+
+def create_answer(doc: StatusDocument, kind: Kind, authorization: dict) -> dict:
     """The create answer, key for key the original's."""
     return {
         "status": "success",
@@ -94,12 +146,12 @@ def create_answer(doc: dict, kind: int, authorization: dict) -> dict:
     }
 
 
-def public_view(doc: dict) -> dict:
+def public_view(doc: StatusDocument) -> dict[str, Any]:
     """The document as served: without offloadd's private bookkeeping."""
     return {k: v for k, v in doc.items() if not k.startswith("_")}
 
 
-def set_status(doc: dict, status: str) -> None:
+def set_status(doc: StatusDocument, status: str) -> None:
     doc["status"] = status
     doc["README"] = STATUS_README[status]
 
@@ -108,17 +160,17 @@ def set_status(doc: dict, status: str) -> None:
 #   waiting --first chunk--> streaming --end--> done | error | stopped
 
 
-def processing(doc: dict, now: float) -> None:
+def processing(doc: StatusDocument, now: float) -> None:
     """The upstream call starts."""
     doc["request"]["processed_at"] = round(now, 3)
 
 
-def answered(doc: dict, status_code: int, headers: dict) -> None:
+def answered(doc: StatusDocument, status_code: int, headers: dict) -> None:
     """The upstream accepted the call (its kept headers only)."""
-    doc["response"].update(status_code=status_code, headers=headers)
+    doc["response"]["status_code"], doc["response"]["headers"] = status_code, headers
 
 
-def progressed(doc: dict, events: int) -> bool:
+def progressed(doc: StatusDocument, events: int) -> bool:
     """Another event was streamed; True when it was the first (waiting -> streaming)."""
     doc["events"] = events
     if doc["status"] != "waiting":
@@ -127,14 +179,14 @@ def progressed(doc: dict, events: int) -> bool:
     return True
 
 
-def with_body(doc: dict, body: dict | None) -> dict:
+def with_body(doc: StatusDocument, body: dict | None) -> StatusDocument:
     """The answer so far (or final), as a `chat.completion`."""
     doc["response"]["body"] = body
     return doc
 
 
-def finished(
-    doc: dict, status: str, error: dict | None, body: dict | None, events: int, now: float
+def concluded(
+    doc: StatusDocument, status: str, error: dict | None, body: dict | None, events: int, now: float
 ) -> None:
     """The one terminal transition: done, error or stopped, with its timings."""
     set_status(doc, status)
@@ -147,7 +199,7 @@ def finished(
     doc["events"] = events
 
 
-def tokens_used(doc: dict) -> tuple[int, bool]:
+def tokens_used(doc: StatusDocument) -> tuple[int, bool]:
     """Tokens a finished request used, for token budgets: the upstream's own count
     (prompt + completion), or — stopped or failed before usage arrived — an estimate
     of about four characters a token over the prompt and the answer (True: estimated)."""
@@ -162,5 +214,5 @@ def tokens_used(doc: dict) -> tuple[int, bool]:
     return -(-(len(prompt) + len(answer)) // 4), True
 
 
-def webhook_outcome(doc: dict, outcome: dict) -> None:
+def webhook_outcome(doc: StatusDocument, outcome: dict) -> None:
     doc["webhook"] = outcome

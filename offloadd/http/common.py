@@ -15,6 +15,7 @@ from aiohttp import web
 
 from offloadd.config import Config
 from offloadd.domain.access import TOKEN_QUERY
+from offloadd.domain.status import StatusDocument
 from offloadd.domain.validate import ChatRequest
 from offloadd.errors import (
     ApiError,
@@ -29,7 +30,7 @@ from offloadd.http.events import respond
 from offloadd.http.middleware import cors_headers
 from offloadd.protocol.wire import Dialect
 from offloadd.requests.create import Created, NewRequest
-from offloadd.storage.layout import Location, parse_url
+from offloadd.storage.layout import Kind, Location, parse_url
 from offloadd.storage.transcript import STOPPED_MESSAGE
 
 MOCK_KEY = "offloadd-mock-key"
@@ -145,7 +146,7 @@ async def create_for_sdk(
     """The offloaded request behind an OpenAI SDK call, and where it lives."""
     created = await request.app[CREATOR].create(
         NewRequest(
-            kind=1,
+            kind=Kind.STREAM,
             endpoint=request.path,
             dialect=dialect,
             body=body,
@@ -203,7 +204,7 @@ async def completion(
     request: web.Request,
     loc: Location,
     headers: dict,
-    render: Callable[[dict], dict] = lambda doc: doc["response"]["body"],
+    render: Callable[[StatusDocument], dict | None] = lambda doc: doc["response"]["body"],
 ) -> web.Response:
     """`stream: false`: the answer once the request is done (`render` makes it of the
     document: a `chat.completion`, or a Responses API object); failures as OpenAI's."""
@@ -214,7 +215,7 @@ async def completion(
     raise failure(doc, headers)
 
 
-def failure(doc: dict, headers: dict) -> ApiError:
+def failure(doc: StatusDocument, headers: dict) -> ApiError:
     """A request that ended in error or was stopped, as the SDK's exception."""
     error = doc.get("error") or {"code": "stopped", "message": STOPPED_MESSAGE}
     failed = UpstreamFailed(error["message"], code=error["code"])

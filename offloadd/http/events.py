@@ -26,6 +26,8 @@ class ResponseSink:
     """Where a reader's bytes go: the response (slow path, with back-pressure) and its
     transport and framing (the tail's fast path)."""
 
+    __slots__ = ("request", "write", "chunked")
+
     def __init__(self, request: web.Request, response: web.StreamResponse):
         self.request, self.write = request, response.write
         self.chunked = response.headers.get("Transfer-Encoding") == "chunked"

@@ -14,7 +14,7 @@ from offloadd import __version__
 from offloadd.domain.access import (
     any_allows,
 )
-from offloadd.domain.status import TERMINAL, public_view
+from offloadd.domain.status import TERMINAL, StatusDocument, public_view
 from offloadd.domain.validate import parse_body
 from offloadd.domain.webhooks import shown_url
 from offloadd.errors import (
@@ -36,7 +36,7 @@ from offloadd.http.events import respond
 from offloadd.http.middleware import cors_headers
 from offloadd.http.openapi import document
 from offloadd.requests.create import NewRequest
-from offloadd.storage.layout import Location
+from offloadd.storage.layout import Kind, Location
 from offloadd.storage.transcript import finished
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -52,7 +52,7 @@ async def create(request: web.Request) -> web.Response:
     config, creator = request.app[CONFIG], request.app[CREATOR]
     caller, body = await read_create(request)
     new = NewRequest(
-        kind=1 if request.path == "/v1/stream-chatgpt" else 2,
+        kind=Kind.STREAM if request.path == "/v1/stream-chatgpt" else Kind.ASYNC,
         body=body,
         chat=parse_body(body, config),
         upstream_key=upstream_key(request),
@@ -77,7 +77,9 @@ def locate(request: web.Request) -> Location:
     return loc
 
 
-async def conversation(request: web.Request, query_token: bool = False) -> tuple[Location, dict]:
+async def conversation(
+    request: web.Request, query_token: bool = False
+) -> tuple[Location, StatusDocument]:
     """The conversation a reading URL names, if the caller may see it; 404 otherwise,
     so a private conversation's existence is not revealed."""
     loc = locate(request)
@@ -135,7 +137,7 @@ async def stop(request: web.Request) -> web.Response:
     doc = await request.app[RUNNER].stop(loc)
     if doc is None:  # removed meanwhile (retention)
         raise NotFound("no such conversation")
-    answer = {
+    answer: dict[str, object] = {
         "status": "success",
         "conversation_id": doc["conversation_id"],
         "conversation_status": doc["status"],

@@ -17,21 +17,21 @@ from offloadd.domain.continuation import continued_messages, earlier_location
 from offloadd.domain.dialects import CHAT, RESPONSES, RESPONSES_ENDPOINT
 from offloadd.domain.idempotency import Idempotency, with_token
 from offloadd.domain.responses import continued_input, location_of
-from offloadd.domain.status import TERMINAL, create_answer, new_document
+from offloadd.domain.status import TERMINAL, StatusDocument, create_answer, new_document
 from offloadd.domain.validate import ChatRequest
 from offloadd.domain.webhooks import Webhooks, shown_url
 from offloadd.errors import BadRequest, NotFound, Unavailable
 from offloadd.keys.base import Charge, KeyStore
 from offloadd.protocol.wire import Dialect
 from offloadd.requests.runner import Runner
-from offloadd.storage.layout import Location
+from offloadd.storage.layout import Kind, Location
 from offloadd.storage.store import Store
 from offloadd.upstream.call import Call
 
 
 @dataclass(frozen=True)
 class NewRequest:
-    kind: int  # 1: stream request, 2: async request
+    kind: Kind
     body: bytes  # as received, for idempotency
     chat: ChatRequest
     upstream_key: str
@@ -46,7 +46,7 @@ class NewRequest:
     @property
     def route(self) -> str:
         """Which create endpoint took it: an `Idempotency-Key` is bound to one."""
-        return self.endpoint or f"/v1/{'stream' if self.kind == 1 else 'async'}-chatgpt"
+        return self.endpoint or f"/v1/{'stream' if self.kind is Kind.STREAM else 'async'}-chatgpt"
 
 
 @dataclass(frozen=True)
@@ -80,30 +80,31 @@ class Creator:
         earlier = await self._earlier(new) if options.from_status_url else None
         previous = await self._previous(new) if new.chat.previous_response_id else None
         webhook = self.webhooks.check_url(options.webhook_url) if options.webhook_url else None
-        scope = hashlib.sha256((new.caller or "").encode()).hexdigest()
+        caller_scope = hashlib.sha256((new.caller or "").encode()).hexdigest()
         idem = new.idempotency_key
         if idem is not None:
-            first = await self.idempotency.begin(scope, idem, new.body, new.route)
+            first = await self.idempotency.begin(caller_scope, idem, new.body, new.route)
             if first is not None:
-                return Created(with_token(first, self.idempotency.token(scope, idem)), None)
+                return Created(with_token(first, self.idempotency.token(caller_scope, idem)), None)
         charge = await self.keys.charge(new.caller) if new.caller and self.keys else None
         try:
             token = None
-            access = options.access or (earlier or {}).get("authorization", {}).get("access")
+            granted = earlier.get("authorization", {}).get("access") if earlier else None
+            access = options.access or granted
             if access == "private":
-                token = self.idempotency.token(scope, idem) if idem else new_token()
+                token = self.idempotency.token(caller_scope, idem) if idem else new_token()
             answer = await self._start(new, earlier, webhook, token, previous, charge)
         except BaseException:  # nothing that was not started is counted, or remembered
             if charge and self.keys:
                 await self.keys.refund(charge)
             if idem is not None:
-                await self.idempotency.abandon(scope, idem)
+                await self.idempotency.abandon(caller_scope, idem)
             raise
         if idem is not None:
-            await self.idempotency.finish(scope, idem, new.body, answer, new.route)
+            await self.idempotency.finish(caller_scope, idem, new.body, answer, new.route)
         return Created(answer, _limits(charge))
 
-    async def _earlier(self, new: NewRequest) -> dict:
+    async def _earlier(self, new: NewRequest) -> StatusDocument:
         """The finished request a continuation starts from, or a clear error."""
         options = new.chat.options
         loc = earlier_location(options.from_status_url or "", new.base_url)
@@ -121,12 +122,12 @@ class Creator:
             )
         return doc
 
-    async def _previous(self, new: NewRequest) -> dict:
+    async def _previous(self, new: NewRequest) -> StatusDocument:
         """The finished response `previous_response_id` names, held by this server."""
         rid = new.chat.previous_response_id or ""
         loc = location_of(rid)
         doc = await self.runner.document(loc) if loc else None
-        endpoint = (doc or {}).get("request", {}).get("endpoint")
+        endpoint = doc.get("request", {}).get("endpoint") if doc else None
         if doc is None or doc["status"] not in TERMINAL or endpoint != RESPONSES_ENDPOINT:
             raise NotFound(
                 f"no finished response {rid!r} on this server", code="previous_response_not_found"
@@ -136,10 +137,10 @@ class Creator:
     async def _start(
         self,
         new: NewRequest,
-        earlier: dict | None,
+        earlier: StatusDocument | None,
         webhook: str | None,
         token: str | None,
-        previous: dict | None = None,
+        previous: StatusDocument | None = None,
         charge: Charge | None = None,
     ) -> dict:
         """Make the files, start the task; the create answer."""
@@ -157,7 +158,7 @@ class Creator:
             base_url=new.base_url,
             created_at=new.created_at,
             conversation_id=options.conversation_id
-            or (earlier or {}).get("conversation_id")
+            or (earlier.get("conversation_id") if earlier else None)
             or loc.uuid,
             authorization={"access": "private" if token else "public"},
             options={"timeout": options.timeout, "connect_timeout": options.connect_timeout},

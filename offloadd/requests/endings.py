@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from offloadd.domain.status import finished
+from offloadd.domain.status import StatusDocument, concluded
 from offloadd.protocol.wire import Assembly
 from offloadd.storage.layout import Location
 from offloadd.storage.store import StorageError, Store, append
@@ -29,15 +29,15 @@ def error_of(code: str, message: str) -> dict:
     return {"code": code, "message": message, "upstream_status": None}
 
 
-@dataclass
+@dataclass(slots=True)
 class Unsaved:
     """A final state the disk refused; retried until it is written."""
 
     loc: Location
-    doc: dict
-    tail: bytes
+    doc: StatusDocument
+    end_bytes: bytes
     status_saved: bool = False
-    tail_saved: bool = False
+    end_saved: bool = False
 
 
 class Endings:
@@ -47,7 +47,12 @@ class Endings:
         self._lock = threading.Lock()  # orphans are ended in a worker thread
 
     def finalize(
-        self, doc: dict, completion: Assembly, last_id: int, status: str, error: dict | None
+        self,
+        doc: StatusDocument,
+        completion: Assembly,
+        last_id: int,
+        status: str,
+        error: dict | None,
     ) -> bytes:
         """Bring the document to its final state; the bytes that end its stream. An answer
         that cannot be assembled ends the request `error` rather than leaving it running."""
@@ -57,25 +62,25 @@ class Endings:
             log.exception("the answer of %s could not be assembled", doc.get("conversation_id"))
             body, status = None, "error"
             error = error_of("internal_error", "offloadd could not assemble the answer")
-        finished(doc, status, error, body, events_after_end(last_id, status), time.time())
+        concluded(doc, status, error, body, events_after_end(last_id, status), time.time())
         return ending(last_id, status, error, self.retry_ms)
 
     def write(
         self,
         loc: Location,
-        doc: dict,
-        tail: bytes,
+        doc: StatusDocument,
+        end_bytes: bytes,
         fd: int | None = None,
         saved: Callable[[], None] = lambda: None,
     ) -> None:
         """The final document, then the stream's end; what fails is kept for `retry`.
         `saved` runs between the two: whoever sees the end must find the document final."""
-        pending = Unsaved(loc, doc, tail)
+        pending = Unsaved(loc, doc, end_bytes)
         if not self._save(pending, fd, saved):
             with self._lock:
                 self._unsaved[loc.uuid] = pending
 
-    def document(self, loc: Location) -> dict | None:
+    def document(self, loc: Location) -> StatusDocument | None:
         """The final document of a request whose document the disk refused, if any."""
         pending = self._unsaved.get(loc.uuid)
         return pending.doc if pending and pending.loc == loc else None
@@ -104,19 +109,19 @@ class Endings:
                 saved()
             except StorageError as e:
                 log.error("request %s: final status not saved (will retry): %s", loc.rel, e)
-        if not pending.tail_saved:
+        if not pending.end_saved:
             try:
-                self._append(loc, pending.tail, fd)
-                pending.tail_saved = True
+                self._append(loc, pending.end_bytes, fd)
+                pending.end_saved = True
             except StorageError as e:
                 log.error("request %s: stream end not saved (will retry): %s", loc.rel, e)
-        return pending.status_saved and pending.tail_saved
+        return pending.status_saved and pending.end_saved
 
-    def _append(self, loc: Location, tail: bytes, fd: int | None) -> None:
+    def _append(self, loc: Location, end_bytes: bytes, fd: int | None) -> None:
         if fd is not None:
-            return append(fd, tail)
+            return append(fd, end_bytes)
         fd = self.store.open_stream(loc)
         try:
-            append(fd, tail)
+            append(fd, end_bytes)
         finally:
             os.close(fd)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from offloadd.config import Config
 from offloadd.domain.dialects import for_endpoint
-from offloadd.domain.status import TERMINAL
+from offloadd.domain.status import TERMINAL, stored
 from offloadd.requests.endings import Endings, error_of
 from offloadd.storage.layout import Location
 from offloadd.storage.registry import Registry
@@ -83,7 +83,7 @@ class Housekeeping:
         """End a request whose owner died: its answer is rebuilt from the stream file (which
         is ahead of the status file by up to a second), then it ends `interrupted` — or
         `stopped`, if someone asked for that — so readers are released."""
-        doc = self.store.read_status(loc)
+        doc = stored(self.store, loc)
         if doc is None:
             return False
         fd = self.store.open_stream(loc)
@@ -94,14 +94,14 @@ class Housekeeping:
                 return False  # it ended; only its marker was left behind
             endings = self.endings
             if doc["status"] in TERMINAL:  # died between the two final writes
-                tail = ending(found.last_id, doc["status"], doc.get("error"), endings.retry_ms)
+                end_bytes = ending(found.last_id, doc["status"], doc.get("error"), endings.retry_ms)
             elif loc.uuid in self.registry.stop_requests():
-                tail = endings.finalize(doc, found.completion, found.last_id, "stopped", None)
+                end_bytes = endings.finalize(doc, found.completion, found.last_id, "stopped", None)
             else:
                 message = "the daemon running this request stopped before it completed"
                 error = error_of("interrupted", message)
-                tail = endings.finalize(doc, found.completion, found.last_id, "error", error)
-            endings.write(loc, doc, tail, fd)
+                end_bytes = endings.finalize(doc, found.completion, found.last_id, "error", error)
+            endings.write(loc, doc, end_bytes, fd)
             log.warning("request %s ended as %s (its daemon died)", loc.rel, doc["status"])
             return True
         finally:

@@ -87,6 +87,11 @@ class Live:
 class Tail:
     """The growing end of one file, shared by all readers of it in this process."""
 
+    __slots__ = (
+        "path", "metrics", "fd", "start", "size", "chunks", "held", "_last", "done", "end",
+        "readers", "active_at", "_waiters", "live", "checking",
+    )  # fmt: skip
+
     def __init__(self, path: Path, metrics: Metrics):
         self.path, self.metrics = path, metrics
         self.fd = os.open(path, os.O_RDONLY)

@@ -20,10 +20,12 @@ import orjson
 from offloadd.config import Config
 from offloadd.domain.status import (
     TERMINAL,
+    StatusDocument,
     answered,
     processing,
     progressed,
     public_view,
+    stored,
     tokens_used,
     webhook_outcome,
     with_body,
@@ -42,12 +44,12 @@ from offloadd.upstream.call import Call, Upstream, UpstreamError
 log = logging.getLogger("offloadd.runner")
 
 
-@dataclass
+@dataclass(slots=True)
 class Run:
     """One running request: its document (newer than the file, by up to a second) and stream."""
 
     loc: Location
-    doc: dict
+    doc: StatusDocument
     fd: int
     usage_added: bool
     timeout: float
@@ -106,7 +108,7 @@ class Runner:
     async def start(
         self,
         loc: Location,
-        doc: dict,
+        doc: StatusDocument,
         call: Call,
         usage_added: bool,
         timeout: float,
@@ -129,14 +131,14 @@ class Runner:
         self.runs[loc.uuid] = run
         run.task = asyncio.create_task(self._run(run, call), name=f"offloadd-run-{loc.uuid}")
 
-    def _write_end(self, run: Run, final: dict, tail: bytes) -> None:
+    def _write_end(self, run: Run, final: StatusDocument, end_bytes: bytes) -> None:
         """(In a worker thread.) The final document and the stream's end, then the run
         marker goes: one thread hop for all the files of an ending."""
 
         def serve_final() -> None:  # before the end reaches the file: no reader of `[DONE]`
             run.doc = final  # can find the document still running (one atomic assignment)
 
-        self.endings.write(run.loc, final, tail, run.fd, serve_final)
+        self.endings.write(run.loc, final, end_bytes, run.fd, serve_final)
         self.registry.release(run.loc)
         run.released = True
 
@@ -148,7 +150,7 @@ class Runner:
         self.registry.release(loc)
         self.store.remove(loc)
 
-    def _create_and_claim(self, loc: Location, doc: dict) -> int:
+    def _create_and_claim(self, loc: Location, doc: StatusDocument) -> int:
         """(In a worker thread.) Both files, the run marker, the stream's append descriptor;
         what fails leaves nothing behind."""
         self.store.create(loc, doc)
@@ -159,15 +161,15 @@ class Runner:
             self._forget(loc)
             raise
 
-    async def document(self, loc: Location) -> dict | None:
+    async def document(self, loc: Location) -> StatusDocument | None:
         """The freshest document: from memory while this process runs it, else from disk.
         Its `response.body` may lag the stream by up to a flush; `with_answer` brings it up."""
         run = self._running(loc)
         if run:
             return run.doc
-        return self.endings.document(loc) or await asyncio.to_thread(self.store.read_status, loc)
+        return self.endings.document(loc) or await asyncio.to_thread(stored, self.store, loc)
 
-    def with_answer(self, loc: Location, doc: dict) -> dict:
+    def with_answer(self, loc: Location, doc: StatusDocument) -> StatusDocument:
         """The document with the answer so far, built here rather than on every chunk."""
         run = self._running(loc)
         if run and run.doc is doc and run.event_id:
@@ -178,7 +180,7 @@ class Runner:
         run = self.runs.get(loc.uuid)
         return run if run is not None and run.loc == loc else None
 
-    async def stop(self, loc: Location) -> dict | None:
+    async def stop(self, loc: Location) -> StatusDocument | None:
         """Cancel the owning task and wait for it to write its final state; when another
         daemon owns it, ask that one and wait a few seconds for the answer."""
         run = self._running(loc)
@@ -199,7 +201,7 @@ class Runner:
                 break
         return doc
 
-    async def until_done(self, loc: Location) -> dict | None:
+    async def until_done(self, loc: Location) -> StatusDocument | None:
         """The document once the request has ended (its task, when it runs here; the file
         otherwise)."""
         run = self._running(loc)
@@ -298,7 +300,7 @@ class Runner:
             if run.charge is not None and self.keys is not None:
                 self._count_tokens(run.charge, run.doc)
 
-    def _count_tokens(self, charge: Charge, doc: dict) -> None:
+    def _count_tokens(self, charge: Charge, doc: StatusDocument) -> None:
         """Count the tokens the request used against its key's budget, in a task."""
         keys = self.keys
         assert keys is not None
@@ -345,7 +347,7 @@ class Runner:
         doc = run.doc
         now = time.monotonic()
         if progressed(doc, run.event_id):
-            self.metrics.first_token(time.time() - doc["request"]["processed_at"])
+            self.metrics.first_token(time.time() - (doc["request"]["processed_at"] or time.time()))
             # `streaming` reaches the disk a poll interval later, unless the request has
             # ended by then (most short ones): one status write fewer for them
             run.flushed_at = now
@@ -386,13 +388,13 @@ class Runner:
         # The final document is made on a copy and served only once it is on disk, so a
         # reader told `done` here finds the same on disk (or behind nginx).
         final = orjson.loads(orjson.dumps(run.doc))
-        tail = self.endings.finalize(final, run.completion, run.event_id, status, error)
+        end_bytes = self.endings.finalize(final, run.completion, run.event_id, status, error)
         status, error = final["status"], final["error"]
         self.metrics.finished[final["request"]["endpoint"], status] += 1
         if error and error["code"].startswith("upstream_"):
             self.metrics.upstream_errors[error["code"]] += 1
         try:
-            await asyncio.to_thread(self._write_end, run, final, tail)
+            await asyncio.to_thread(self._write_end, run, final, end_bytes)
         finally:
             run.doc = final
         self.on_append(run.path)

@@ -2,11 +2,12 @@
 
 A conversation is `DATA/{pub,priv}/YYYY/MM/DD/HH/MM/SS/<uuid>.{json,txt}`, and its URLs
 are `/<kind>/r/` followed by the same path, so a finished public file can be served
-statically from the same tree (SPEC §2). `kind` is 1 for stream requests, 2 for async.
+statically from the same tree (SPEC §2). `kind` is 1 for stream requests, 2 for async (`Kind`).
 """
 
 from __future__ import annotations
 
+import enum
 import re
 import uuid as uuidlib
 from dataclasses import dataclass
@@ -14,7 +15,16 @@ from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
 SCOPES = ("pub", "priv")
-KINDS = (1, 2)
+
+
+class Kind(enum.IntEnum):
+    """A request's kind: the first segment of its URLs (`/1/r/…`, `/2/r/…`)."""
+
+    STREAM = 1  # POST /v1/stream-chatgpt: status, stream and stop URLs
+    ASYNC = 2  # POST /v1/async-chatgpt: status and stop URLs, for callers that only poll
+
+
+KINDS = tuple(Kind)
 UUID4 = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
 STAMP = re.compile(r"\d{4}/\d{2}/\d{2}/\d{2}/\d{2}/\d{2}")
 READ_PREFIXES = tuple(f"/{kind}/r/" for kind in KINDS)
@@ -62,13 +72,13 @@ class Location:
         return f"{self.scope}/{self.stamp}/{self.uuid}"
 
 
-def url_prefix(base_url: str, kind: int, loc: Location) -> str:
+def url_prefix(base_url: str, kind: Kind, loc: Location) -> str:
     """A conversation's URLs without their suffix (`.json`, `.txt`, `/stop`)."""
     return f"{base_url.rstrip('/')}/{kind}/r/{loc.rel}"
 
 
-def parse_url(url: str) -> tuple[int, Location, str] | None:
+def parse_url(url: str) -> tuple[Kind, Location, str] | None:
     """(kind, location, suffix) of one of offloadd's conversation URLs, or None."""
     m = _URL_PATH.fullmatch(urlsplit(url).path)
     loc = m and Location.parse(m["scope"], m["stamp"], m["uuid"])
-    return (int(m["kind"]), loc, m["suffix"]) if m and loc else None
+    return (Kind(int(m["kind"])), loc, m["suffix"]) if m and loc else None

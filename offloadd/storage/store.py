@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import orjson
@@ -39,7 +40,7 @@ class Store:
     def txt_path(self, loc: Location) -> Path:
         return self.base(loc).with_suffix(".txt")
 
-    def create(self, loc: Location, doc: dict) -> None:
+    def create(self, loc: Location, doc: Mapping) -> None:
         """Make both files, or neither: a failed create leaves nothing behind."""
         folder = self.base(loc).parent
         try:
@@ -52,7 +53,7 @@ class Store:
             why = getattr(e, "strerror", None) or e
             raise StorageError(f"cannot create the conversation files: {why}") from e
 
-    def write_status(self, loc: Location, doc: dict | bytes, durable: bool = False) -> None:
+    def write_status(self, loc: Location, doc: Mapping | bytes, durable: bool = False) -> None:
         """Replace the `.json` atomically; `durable` also syncs it (for final states)."""
         path = self.json_path(loc)
         tmp = path.with_name(f".{loc.uuid}.{os.getpid()}.tmp")

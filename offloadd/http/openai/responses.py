@@ -11,6 +11,7 @@ from aiohttp import web
 from offloadd.domain.access import any_allows
 from offloadd.domain.dialects import RESPONSES, RESPONSES_ENDPOINT
 from offloadd.domain.responses import location_of, parse_responses_body, response_id, served
+from offloadd.domain.status import StatusDocument
 from offloadd.errors import BadRequest, NotFound
 from offloadd.http.appkeys import CONFIG, HUB, RUNNER, STORE
 from offloadd.http.common import (
@@ -42,7 +43,7 @@ async def create_response(request: web.Request) -> web.StreamResponse:
     return await completion(request, loc, headers, lambda doc: served(doc, rid))
 
 
-async def _response(request: web.Request) -> tuple[str, Location, dict]:
+async def _response(request: web.Request) -> tuple[str, Location, StatusDocument]:
     """The response an id names: public, or private and opened by a token the caller sent
     (`Authorization: Bearer`, or `?token=`); 404 otherwise, revealing nothing."""
     rid = request.match_info["id"]
