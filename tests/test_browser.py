@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from playwright import async_api as playwright_api
 
-from conftest import require_binary
+from helpers import require_binary
 
 CHROMIUM_ARGS = [
     "--headless",

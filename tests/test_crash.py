@@ -8,7 +8,7 @@ from pathlib import Path
 
 import orjson
 
-from conftest import file_of, how_it_ended, stream_text, wait_status
+from helpers import file_of, how_it_ended, stream_text, wait_status
 from offloadd.protocol.sse import parse_all
 
 LONG = {"messages": [{"role": "user", "content": "x"}], "model": "mock?tokens=2000&delay_ms=10"}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime
 
-from conftest import OPENAI_KEY, SEED_BODY, file_of, files_under
+from helpers import OPENAI_KEY, SEED_BODY, file_of, files_under
 
 URL_RE = (
     r"http://127\.0\.0\.1:\d+/{kind}/r/pub/(\d{{4}}/\d{{2}}/\d{{2}}/\d{{2}}/\d{{2}}/\d{{2}})/"

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from hostile_upstream import chunk, event, make_hostile_app, model
 from test_keys import make_key
 
-from conftest import OPENAI_KEY, SEED_BODY, Api
+from helpers import OPENAI_KEY, SEED_BODY, Api
 from offloadd import cli
 from offloadd.http.app import make_app
 from offloadd.http.appkeys import CONFIG

@@ -11,7 +11,7 @@ import time
 import orjson
 import pytest
 
-from conftest import file_of, how_it_ended, wait_status
+from helpers import file_of, how_it_ended, wait_status
 from offloadd.protocol.sse import parse_all
 from offloadd.storage.layout import Location
 

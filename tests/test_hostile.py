@@ -12,7 +12,7 @@ from hostile_upstream import chunk, make_hostile_app, model
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import OPENAI_KEY, SEED_BODY, Api, file_of, files_under, how_it_ended
+from helpers import OPENAI_KEY, SEED_BODY, Api, file_of, files_under, how_it_ended
 from offloadd.http.app import make_app
 from offloadd.protocol.sse import parse_all
 

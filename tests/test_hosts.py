@@ -11,7 +11,7 @@ import signal
 import pytest
 from realworld import SshfsExport, other_host
 
-from conftest import how_it_ended, require_binary, wait_status
+from helpers import how_it_ended, require_binary, wait_status
 from offloadd.protocol.sse import parse_all
 
 LONG = {"messages": [{"role": "user", "content": "x"}], "model": "mock?tokens=400&delay_ms=10"}

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from conftest import OPENAI_KEY, SEED_BODY
+from helpers import OPENAI_KEY, SEED_BODY
 from offloadd import cli
 from offloadd.http.app import make_app
 from offloadd.keys.base import load_plans

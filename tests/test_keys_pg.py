@@ -10,7 +10,7 @@ import re
 import pytest
 from click.testing import CliRunner
 
-from conftest import OPENAI_KEY, SEED_BODY, files_under
+from helpers import OPENAI_KEY, SEED_BODY, files_under
 from offloadd import cli
 from offloadd.http.app import make_app
 

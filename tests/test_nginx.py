@@ -12,7 +12,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from conftest import free_port, require_binary
+from helpers import free_port, require_binary
 from offloadd.protocol.sse import SSEParser, parse_all
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -7,7 +7,7 @@ import asyncio
 import openai
 import pytest
 
-from conftest import OPENAI_KEY, how_it_ended, stream_text
+from helpers import OPENAI_KEY, how_it_ended, stream_text
 from offloadd.protocol.sse import parse_all
 
 MESSAGES = [{"role": "user", "content": "hello from the sdk"}]

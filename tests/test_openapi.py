@@ -14,7 +14,7 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis import checks
 
-from conftest import files_under, free_port
+from helpers import files_under, free_port
 
 
 def _conversations(data: Path) -> set[str]:

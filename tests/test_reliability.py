@@ -12,7 +12,7 @@ import socket
 import orjson
 import pytest
 
-from conftest import OPENAI_KEY, SEED_BODY, files_under
+from helpers import OPENAI_KEY, SEED_BODY, files_under
 from offloadd.protocol.sse import parse_all
 
 

@@ -8,7 +8,7 @@ import uuid
 import orjson
 from click.testing import CliRunner
 
-from conftest import files_under
+from helpers import files_under
 from offloadd import cli
 
 

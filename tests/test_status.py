@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import orjson
 
-from conftest import file_of
+from helpers import file_of
 
 
 class TestStatusDocument:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from conftest import file_of, how_it_ended
+from helpers import file_of, how_it_ended
 from offloadd.protocol.sse import parse_all
 
 

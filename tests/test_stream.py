@@ -7,7 +7,7 @@ import os
 
 import orjson
 
-from conftest import file_of, how_it_ended
+from helpers import file_of, how_it_ended
 from offloadd.protocol.sse import SSEParser, parse_all
 
 
