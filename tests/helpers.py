@@ -159,7 +159,8 @@ async def wait_words(source, url: str, words: int, timeout: float = 15) -> dict:
 
     async def flowed() -> dict:
         doc = await status_of(source, url)
-        text = doc["response"]["body"]["choices"][0]["message"]["content"] or ""
+        body = (doc.get("response") or {}).get("body") or {"choices": [{"message": {}}]}
+        text = body["choices"][0]["message"].get("content") or ""
         assert doc["status"] == "streaming", f"status {doc['status']!r} with text {text!r}"
         assert len(text.split()) >= words, f"{len(text.split())} words of {words}: {text!r}"
         return doc

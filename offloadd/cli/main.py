@@ -214,7 +214,13 @@ def main() -> None:
     help="Seconds without a heartbeat after which another daemon's requests are ended.",
 )
 @KEYS_OPTION
-@click.option("--log-level", default="INFO", show_default=True, envvar="OFFLOADD_LOG_LEVEL")
+@click.option(
+    "--log-level",
+    default="INFO",
+    show_default=True,
+    envvar="OFFLOADD_LOG_LEVEL",
+    help="Least severe log records shown: DEBUG, INFO (with the access log), WARNING, ERROR.",
+)
 def serve(**options) -> None:
     """Run the daemon."""
     setup(options["log_level"])
