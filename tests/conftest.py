@@ -3,6 +3,7 @@ What tests share besides fixtures is in `helpers.py`."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import os
 from pathlib import Path
@@ -103,13 +104,13 @@ async def spawn():
     daemons: list[Daemon] = []
 
     async def start(*args: str, ready: bytes = b"listening", wrap: tuple = (), **popen) -> Daemon:
-        daemon = await Daemon(*args, ready=ready, wrap=wrap, **popen).start()
+        daemon = Daemon(*args, ready=ready, wrap=wrap, **popen)
         daemons.append(daemon)
-        return daemon
+        return await asyncio.to_thread(daemon.start)  # the test's loop serves meanwhile
 
     yield start
     for daemon in daemons:
-        await daemon.close()
+        await asyncio.to_thread(daemon.stop)
 
 
 @pytest.fixture

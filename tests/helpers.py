@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 import pytest
 from aiohttp.test_utils import TestClient
+from realworld import Daemon, free_port
 from yarl import URL
 
 from offloadd.protocol.sse import parse_all
@@ -202,85 +203,6 @@ def file_of(data: Path, url: str) -> Path:
 def files_under(root: Path) -> list[Path]:
     """The conversations' files (not the key database or the daemons' own bookkeeping)."""
     return sorted(p for scope in ("pub", "priv") for p in (root / scope).rglob("*") if p.is_file())
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Daemon:
-    """A real `offloadd` process (serve or mock-upstream) on a free loopback port."""
-
-    def __init__(self, *args: str, ready: bytes = b"listening", wrap: tuple = (), **popen):
-        self.port = free_port()
-        self.args, self.ready, self.popen, self.wrap = args, ready, popen, wrap
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc: asyncio.subprocess.Process | None = None
-        self.output = b""
-
-    async def start(self) -> Daemon:
-        import os
-        import sys
-
-        self.proc = await asyncio.create_subprocess_exec(
-            *self.wrap,  # e.g. `unshare …`: another host, as far as the daemon can tell
-            sys.executable,
-            "-m",
-            "offloadd",
-            *self.args,
-            "--port",
-            str(self.port),
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            **{"env": {**os.environ, "PYTHONUNBUFFERED": "1"}, **self.popen},
-        )
-        async with asyncio.timeout(30):
-            while self.ready not in (line := await self.proc.stdout.readline()):
-                assert line, self.output.decode()
-                self.output += line
-        self.output += line
-        self._drain = asyncio.create_task(self._read_output())
-        return self
-
-    async def _read_output(self) -> None:
-        while chunk := await self.proc.stdout.read(65536):
-            self.output += chunk
-
-    def signal(self, sig: int) -> None:
-        """Signal the daemon itself (inside a wrapper such as `unshare`, its last child)."""
-        import os
-
-        pid = self.proc.pid
-        while self.wrap:
-            try:
-                with open(f"/proc/{pid}/task/{pid}/children") as f:
-                    children = f.read().split()
-            except OSError:
-                break
-            if not children:
-                break
-            pid = int(children[0])
-        os.kill(pid, sig)
-
-    async def wait(self, timeout: float = 30) -> int:
-        code = await asyncio.wait_for(self.proc.wait(), timeout)
-        await self._drain
-        return code
-
-    async def close(self) -> None:
-        import signal
-
-        if self.proc and self.proc.returncode is None:
-            self.signal(signal.SIGTERM)
-            try:
-                await self.wait(20)
-            except TimeoutError:
-                self.proc.kill()
-                await self.proc.wait()
 
 
 def require_binary(package: str, binary: str) -> str:

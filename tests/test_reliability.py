@@ -130,7 +130,8 @@ class TestSecrets:
             headers={**headers, "Content-Type": "application/json"},
         ) as resp:
             assert resp.status == 400
-        await daemon.close()
+        daemon.signal(signal.SIGTERM)
+        await daemon.wait()
         secrets = [openai_key, api_key, *tokens]
         assert len(tokens) == len(models)
         blobs = [p.read_bytes() for p in data.rglob("*") if p.is_file()]
