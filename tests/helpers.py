@@ -29,6 +29,7 @@ __all__ = [
     "files_under",
     "free_port",
     "how_it_ended",
+    "make_key",
     "require_binary",
     "status_of",
     "stream_text",
@@ -203,6 +204,22 @@ def file_of(data: Path, url: str) -> Path:
 def files_under(root: Path) -> list[Path]:
     """The conversations' files (not the key database or the daemons' own bookkeeping)."""
     return sorted(p for scope in ("pub", "priv") for p in (root / scope).rglob("*") if p.is_file())
+
+
+def make_key(data_dir: Path, name: str = "app", plan: str = "free", plans=None) -> str:
+    """A new API key in the SQLite store under `data_dir`, made as an operator would: with
+    `offloadd keys create`."""
+    from click.testing import CliRunner
+
+    from offloadd import cli
+
+    result = CliRunner().invoke(
+        cli.main,
+        ["keys", "create", "--name", name, "--plan", plan, "--data", str(data_dir)]
+        + (["--plans", str(plans)] if plans else []),
+    )
+    assert result.exit_code == 0, result.output
+    return result.output.strip().splitlines()[-1]
 
 
 def require_binary(package: str, binary: str) -> str:

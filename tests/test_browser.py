@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from playwright import async_api as playwright_api
 
-from helpers import eventually, require_binary
+from helpers import eventually, make_key, require_binary
 
 CHROMIUM_ARGS = [
     "--headless",
@@ -135,8 +135,6 @@ class TestPage:
 
 class TestPageWithAuth:
     async def test_asks_for_an_api_key_and_uses_it(self, browser, make_client, data_dir):
-        from test_keys import make_key
-
         key = make_key(data_dir)
         client = await make_client(auth=True, upstream_key="sk-server-own-key")
         page = await browser.new_page()

@@ -12,9 +12,8 @@ import orjson
 import pytest
 from click.testing import CliRunner
 from hostile_upstream import chunk, event, make_hostile_app, model
-from test_keys import make_key
 
-from helpers import OPENAI_KEY, SEED_BODY, Api, eventually
+from helpers import OPENAI_KEY, SEED_BODY, Api, eventually, make_key
 from offloadd import cli
 from offloadd.http.app import make_app
 from offloadd.http.appkeys import CONFIG
