@@ -20,6 +20,7 @@ from yarl import URL
 from offloadd.protocol.sse import parse_all
 
 __all__ = [
+    "ANSWER_KEYS",
     "OPENAI_KEY",
     "SEED_BODY",
     "Api",
@@ -52,6 +53,8 @@ SEED_BODY = {
     ]
 }
 OPENAI_KEY = "sk-test-Zq9offloaddSecretKey000"
+# The documented keys of a create's answer, in order; the status document begins with them
+ANSWER_KEYS = ["status", "created_at", "conversation_id", "README", "authorization", "endpoints"]
 
 
 async def eventually(
