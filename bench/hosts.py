@@ -27,29 +27,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "bench"))
 from load import Result, run_readers  # noqa: E402
-from realworld import Postgres, SshfsExport, free_port, other_host  # noqa: E402
+
+from realworld import Daemon, Postgres, SshfsExport, other_host  # noqa: E402
 
 STREAMS, READERS, TOKENS = 10, 10, 100
-
-
-class Daemon:
-    def __init__(self, *args: str, wrap: tuple = ()):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        command = [*wrap, sys.executable, "-m", "offloadd", *args, "--port", str(self.port)]
-        self.log = tempfile.TemporaryFile()  # not a pipe: its access log would fill one
-        self.proc = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT)
-        for _ in range(300):
-            self.log.seek(0)
-            if b"listening" in self.log.read():
-                return
-            time.sleep(0.05)
-        raise RuntimeError(f"{args[0]} did not start")
-
-    def stop(self) -> None:
-        subprocess.run(["pkill", "-TERM", "-P", str(self.proc.pid)], check=False)
-        self.proc.terminate()
-        self.proc.wait(20)
 
 
 class _Pipe:
@@ -110,7 +91,7 @@ def make_key(data: Path, plans: Path, dsn: str | None) -> str:
 def main() -> None:
     runs = int(sys.argv[sys.argv.index("--runs") + 1]) if "--runs" in sys.argv else 3
     work = Path(tempfile.mkdtemp(prefix="offloadd-bench-"))
-    mock = Daemon("mock-upstream", "--host", "127.0.0.1")
+    mock = Daemon("mock-upstream", "--host", "127.0.0.1").start()
     upstream = ("--upstream-url", f"{mock.url}/v1", "--upstream-key", "sk-bench")
     (work / "sshfs").mkdir()
     export, pg, daemons = SshfsExport(work / "sshfs"), Postgres(Path(tempfile.mkdtemp())), []
@@ -120,7 +101,7 @@ def main() -> None:
             data.append(export.mount(host) / "data")
             data[-1].mkdir(exist_ok=True)
             args = ("serve", "--data", str(data[-1]), "--no-auth", *upstream)
-            daemons.append(Daemon(*args, wrap=other_host(host)))
+            daemons.append(Daemon(*args, wrap=other_host(host)).start())
         latency = [asyncio.run(cross_host(daemons[0].url, daemons[1].url)) for _ in range(runs)]
         print(f"cross-host readers ({STREAMS} streams on A x {READERS} readers on B, sshfs):")
         print(f"  complete: {all(r['complete'] for r in latency)}")
@@ -134,7 +115,8 @@ def main() -> None:
             local = work / f"local-{name}"
             key = make_key(local, plans, dsn)
             keys = ("--keys", dsn) if dsn else ()
-            daemon = Daemon("serve", "--data", str(local), *upstream, "--plans", str(plans), *keys)
+            serve = ("serve", "--data", str(local), *upstream, "--plans", str(plans), *keys)
+            daemon = Daemon(*serve).start()
             daemons.append(daemon)
             rates = [asyncio.run(creates(daemon.url, key)) for _ in range(runs)]
             print(

@@ -1,15 +1,19 @@
-"""Real components started for tests and benchmarks alike: a PostgreSQL server, and an
-sshfs export (sshd on loopback) that several "hosts" mount. Plain classes, no pytest, so
-`bench/` uses the same ones."""
+"""Real components started for tests and benchmarks alike: offloadd's own processes (the
+one launcher, `Daemon`), a PostgreSQL server, and an sshfs export (sshd on loopback) that
+several "hosts" mount. Plain classes, no pytest, so `bench/` uses the same ones."""
 
 from __future__ import annotations
 
+import asyncio
 import glob
 import os
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -21,9 +25,95 @@ MOUNT_OPTIONS = "attr_timeout=0,entry_timeout=0,negative_timeout=0,direct_io,dir
 
 
 def free_port() -> int:
+    """A loopback port nobody listens on now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def process_tree(pid: int) -> list[int]:
+    """`pid` and every process below it (a daemon's workers, nginx's), from /proc."""
+    pids, todo = [], [pid]
+    while todo:
+        pid = todo.pop()
+        pids.append(pid)
+        try:
+            with open(f"/proc/{pid}/task/{pid}/children") as f:
+                todo += [int(c) for c in f.read().split()]
+        except FileNotFoundError:
+            pass
+    return pids
+
+
+class Daemon:
+    """A real `offloadd` process (serve, mock-upstream) on a free loopback port.
+
+    Its output goes to a file, not a pipe: a pipe nobody drains (an access log under load)
+    fills and stops the daemon. `start()` returns once the output shows `ready`.
+    """
+
+    def __init__(self, *args: str, ready: bytes = b"listening", wrap: tuple = (), **popen):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.args, self.ready, self.wrap, self.popen = args, ready, wrap, popen
+        self.log = tempfile.TemporaryFile()
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 30) -> Daemon:
+        command = [*self.wrap, sys.executable, "-m", "offloadd", *self.args]
+        self.proc = subprocess.Popen(
+            [*command, "--port", str(self.port)],  # `wrap`: e.g. `unshare …`, another host
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            **{"env": {**os.environ, "PYTHONUNBUFFERED": "1"}, **self.popen},
+        )
+        deadline = time.monotonic() + timeout
+        while self.ready not in self.output:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{' '.join(command)} did not start:\n{self.output.decode()}")
+            time.sleep(0.02)
+        return self
+
+    @property
+    def output(self) -> bytes:
+        """All it printed so far (read at an offset: the daemon's own stays at the end)."""
+        fd = self.log.fileno()
+        return os.pread(fd, os.fstat(fd).st_size, 0)
+
+    def pids(self) -> list[int]:
+        assert self.proc
+        return process_tree(self.proc.pid)
+
+    def signal(self, sig: int) -> None:
+        """Signal the daemon itself (inside a wrapper such as `unshare`, its last child)."""
+        assert self.proc
+        pid = self.proc.pid
+        while self.wrap:
+            try:
+                with open(f"/proc/{pid}/task/{pid}/children") as f:
+                    children = f.read().split()
+            except OSError:
+                break
+            if not children:
+                break
+            pid = int(children[0])
+        os.kill(pid, sig)
+
+    async def wait(self, timeout: float = 30) -> int:
+        """Its exit code, awaited off the caller's event loop."""
+        assert self.proc
+        return await asyncio.to_thread(self.proc.wait, timeout)
+
+    def stop(self, timeout: float = 20) -> None:
+        """SIGTERM, a bounded wait for it to end, then SIGKILL."""
+        if self.proc and self.proc.poll() is None:
+            self.signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
 
 
 class Postgres:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from playwright import async_api as playwright_api
 
-from conftest import require_binary
+from helpers import eventually, make_key, require_binary
 
 CHROMIUM_ARGS = [
     "--headless",
@@ -46,6 +46,15 @@ async def _status(page) -> str:
     return await page.text_content("#status")
 
 
+async def _until_status(page, status: str, timeout: float = 10) -> None:
+    async def shown() -> bool:
+        shown = await _status(page)
+        assert shown == status, f"the page shows {shown!r}, waiting for {status!r}"
+        return True
+
+    await eventually(shown, timeout=timeout)
+
+
 async def _send(page, message: str, model: str) -> None:
     await page.fill("#message", message)
     await page.fill("#model", model)
@@ -58,14 +67,18 @@ class TestPage:
         await page.fill("#system", "Answer briefly.")
         await _send(page, words, "mock?delay_ms=150")
         seen: list[str] = []
-        async with asyncio.timeout(20):
-            while await _status(page) != "done":
-                text = await page.evaluate(
-                    "document.querySelector('.msg.assistant .text')?.textContent ?? ''"
-                )
-                if text and (not seen or text != seen[-1]):
-                    seen.append(text)
-                await asyncio.sleep(0.03)
+
+        async def done_watching_it_grow() -> bool:
+            if await _status(page) == "done":
+                return True
+            text = await page.evaluate(
+                "document.querySelector('.msg.assistant .text')?.textContent ?? ''"
+            )
+            if text and (not seen or text != seen[-1]):
+                seen.append(text)
+            return False
+
+        await eventually(done_watching_it_grow, timeout=20)
         final = await page.text_content(".msg.assistant .text")
         assert final == words
         partial = [t for t in seen if t != words]
@@ -83,13 +96,9 @@ class TestPage:
 
     async def test_stop_button_stops_a_long_answer(self, page, api):
         await _send(page, "go on", "mock?tokens=3000&delay_ms=20")
-        async with asyncio.timeout(10):
-            while await _status(page) != "streaming":
-                await asyncio.sleep(0.05)
+        await _until_status(page, "streaming")
         await page.click("#stop")
-        async with asyncio.timeout(10):
-            while await _status(page) != "stopped":
-                await asyncio.sleep(0.05)
+        await _until_status(page, "stopped")
         [seen] = await api.upstream_requests()
         assert seen["client_closed"] is True
 
@@ -97,21 +106,16 @@ class TestPage:
         stream_requests: list[str] = []
         page.on("request", lambda r: stream_requests.append(r.url) if ".txt" in r.url else None)
         await _send(page, "short answer", "mock?tokens=3")
-        async with asyncio.timeout(10):
-            while await _status(page) != "done":
-                await asyncio.sleep(0.05)
-        await asyncio.sleep(4)  # longer than the stream's `retry: 3000`
+        await _until_status(page, "done")
+        # time is the subject: nothing reconnects for longer than the stream's `retry: 3000`
+        await asyncio.sleep(4)
         assert len(stream_requests) == 1, stream_requests
 
     async def test_continuing_sends_from_status_url(self, page, api):
         await _send(page, "first turn", "mock?tokens=2")
-        async with asyncio.timeout(10):
-            while await _status(page) != "done":
-                await asyncio.sleep(0.05)
+        await _until_status(page, "done")
         await _send(page, "second turn", "mock")
-        async with asyncio.timeout(10):
-            while await _status(page) != "done":
-                await asyncio.sleep(0.05)
+        await _until_status(page, "done")
         first, second = await api.upstream_requests()
         assert [m["content"] for m in second["body"]["messages"]] == [
             "first turn",
@@ -122,21 +126,15 @@ class TestPage:
     async def test_private_request_and_reload_resumes_watching(self, page):
         await page.select_option("#access", "private")
         await _send(page, "alpha beta gamma delta", "mock?delay_ms=100")
-        async with asyncio.timeout(10):
-            while await _status(page) != "done":
-                await asyncio.sleep(0.05)
+        await _until_status(page, "done")
         assert "watch=" in page.url and "token=" in page.url
         await page.reload()
-        async with asyncio.timeout(10):
-            while await _status(page) != "done":
-                await asyncio.sleep(0.05)
+        await _until_status(page, "done")
         assert await page.text_content(".msg.assistant .text") == "alpha beta gamma delta"
 
 
 class TestPageWithAuth:
     async def test_asks_for_an_api_key_and_uses_it(self, browser, make_client, data_dir):
-        from test_keys import make_key
-
         key = make_key(data_dir)
         client = await make_client(auth=True, upstream_key="sk-server-own-key")
         page = await browser.new_page()
@@ -147,9 +145,7 @@ class TestPageWithAuth:
         assert "missing_api_key" in await page.text_content("#error")
         await page.fill("#api-key", key)
         await _send(page, "with a key", "mock?tokens=2")
-        async with asyncio.timeout(10):
-            while await _status(page) != "done":
-                await asyncio.sleep(0.05)
+        await _until_status(page, "done")
         await page.close()
 
 

@@ -59,6 +59,9 @@ class TestServeOptions:
         result = CliRunner().invoke(cli.main, ["serve", "--help"])
         for option in ("--data", "--port", "--public-url", "--upstream-url", "--no-auth"):
             assert option in result.output
+        # click lists any option; what can fail is one listed without saying what it does
+        for param in cli.main.commands["serve"].params:
+            assert param.opts[0] in result.output and getattr(param, "help", None), param.opts
 
 
 class TestRealProcess:

@@ -6,6 +6,7 @@ import asyncio
 import os
 import signal
 import sys
+from pathlib import Path
 
 import aiohttp
 import orjson
@@ -24,30 +25,26 @@ async def _run(*args: str, env: dict | None = None) -> asyncio.subprocess.Proces
     )
 
 
+async def _ask(spawn, tmp: Path, *args: str) -> str:
+    """`offloadd ask` against a server with the mock upstream: what it printed."""
+    daemon = await spawn(
+        "serve", "--data", str(tmp / "data"), "--upstream-url", "mock", "--no-auth"
+    )
+    proc = await _run("ask", *args, "--server", daemon.url)
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0, err
+    return out.decode()
+
+
 class TestAsk:
     async def test_prints_the_answer_then_a_status_line(self, spawn, tmp_path):
-        daemon = await spawn(
-            "serve", "--data", str(tmp_path / "data"), "--upstream-url", "mock", "--no-auth"
-        )
-        proc = await _run(
-            "ask", "hello from the terminal", "--server", daemon.url, "--system", "be kind"
-        )
-        out, err = await asyncio.wait_for(proc.communicate(), 30)
-        assert proc.returncode == 0, err
-        text = out.decode()
+        text = await _ask(spawn, tmp_path, "hello from the terminal", "--system", "be kind")
         assert text.startswith("hello from the terminal\n[done · 4 tokens · ")
         assert "\033[" not in text  # not a terminal: plain text
 
     async def test_with_the_responses_api(self, spawn, tmp_path):
-        daemon = await spawn(
-            "serve", "--data", str(tmp_path / "data"), "--upstream-url", "mock", "--no-auth"
-        )
-        proc = await _run(
-            "ask", "a responses question", "--server", daemon.url, "--api", "responses"
-        )
-        out, err = await asyncio.wait_for(proc.communicate(), 30)
-        assert proc.returncode == 0, err
-        assert out.decode().startswith("a responses question\n[done · 3 tokens · ")
+        text = await _ask(spawn, tmp_path, "a responses question", "--api", "responses")
+        assert text.startswith("a responses question\n[done · 3 tokens · ")
         [status_file] = list((tmp_path / "data").rglob("*.json"))
         doc = orjson.loads(status_file.read_bytes())
         assert doc["request"]["endpoint"] == "/v1/responses" and doc["background"] is True
@@ -60,10 +57,9 @@ class TestAsk:
         proc = await _run(
             "ask", "count", "--server", daemon.url, "--model", "mock?tokens=3000&delay_ms=20"
         )
-        first = b""
-        async with asyncio.timeout(20):
-            while b" t3" not in first:
-                first += await proc.stdout.read(64)
+        # readuntil, not a loop of reads: at the end of the output a read returns b"" at
+        # once, and a loop of them would spin without yielding, past any timeout
+        first = await asyncio.wait_for(proc.stdout.readuntil(b" t3"), 20)
         assert first.startswith(b"t0 t1 t2 t3")
         proc.send_signal(signal.SIGINT)
         rest, err = await asyncio.wait_for(proc.communicate(), 30)

@@ -13,7 +13,7 @@ import pytest
 from openai.lib.streaming.chat import AsyncChatCompletionStream
 from openai.types.chat import ChatCompletionChunk
 
-from conftest import file_of, how_it_ended, stream_text
+from helpers import file_of, how_it_ended, stream_text
 from offloadd.protocol.sse import parse_all
 
 LONG = "mock?tokens=300&delay_ms=5"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import files_under
+from helpers import files_under
 
 FIRST = {
     "messages": [

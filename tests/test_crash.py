@@ -8,7 +8,7 @@ from pathlib import Path
 
 import orjson
 
-from conftest import file_of, how_it_ended, stream_text, wait_status
+from helpers import file_of, how_it_ended, stream_text, wait_status, wait_words
 from offloadd.protocol.sse import parse_all
 
 LONG = {"messages": [{"role": "user", "content": "x"}], "model": "mock?tokens=2000&delay_ms=10"}
@@ -44,8 +44,7 @@ class TestKill:
         before = [p.read_bytes() for p in _files(data, finished)]
         running = [await _create(http, first.url, LONG) for _ in range(3)]
         for urls in running:
-            await wait_status(http, urls["status_url"], "streaming")
-        await asyncio.sleep(0.3)
+            await wait_words(http, urls["status_url"], 4)  # more than three words, below
         first.signal(signal.SIGKILL)
         await first.wait()
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime
 
-from conftest import OPENAI_KEY, SEED_BODY, file_of, files_under
+from helpers import ANSWER_KEYS, OPENAI_KEY, SEED_BODY, file_of, files_under
 
 URL_RE = (
     r"http://127\.0\.0\.1:\d+/{kind}/r/pub/(\d{{4}}/\d{{2}}/\d{{2}}/\d{{2}}/\d{{2}}/\d{{2}})/"
@@ -16,14 +16,7 @@ URL_RE = (
 class TestSeedExample:
     async def test_answer_has_the_documented_shape(self, api):
         answer = await api.create(SEED_BODY)
-        assert list(answer) == [
-            "status",
-            "created_at",
-            "conversation_id",
-            "README",
-            "authorization",
-            "endpoints",
-        ]
+        assert list(answer) == ANSWER_KEYS
         assert answer["status"] == "success"
         assert answer["README"] == (
             "The `stream_events_url` endpoint below streams data sent by the ChatGPT API. "

@@ -11,10 +11,9 @@ import socket
 import orjson
 import pytest
 from click.testing import CliRunner
-from hostile_upstream import chunk, event, make_hostile_app, model
-from test_keys import make_key
 
-from conftest import OPENAI_KEY, SEED_BODY, Api
+from helpers import OPENAI_KEY, SEED_BODY, Api, eventually, make_key
+from hostile_upstream import chunk, event, make_hostile_app, model
 from offloadd import cli
 from offloadd.http.app import make_app
 from offloadd.http.appkeys import CONFIG
@@ -159,9 +158,7 @@ class TestBudgetsTrustNoSign:
 
         resp = await client.post("/v1/async-chatgpt", json=body, headers=headers)
         assert resp.status == 200
-        async with asyncio.timeout(10):  # counted once the request has ended
-            while not (counted := tokens_counted()):
-                await asyncio.sleep(0.05)
+        counted = await eventually(tokens_counted)  # counted once the request has ended
         assert counted > 0  # the estimate, not the upstream's negative figure
         again = await client.post("/v1/async-chatgpt", json=body, headers=headers)
         assert again.status == 429
@@ -212,9 +209,7 @@ class TestEveryStreamReaderIsBounded:
                 if h.transport is not None and h.transport.get_write_buffer_size()
             ]
 
-        async with asyncio.timeout(10):  # until all three are streaming and stuck
-            while len(send_buffers()) < len(requests):
-                await asyncio.sleep(0.05)
+        await eventually(lambda: len(send_buffers()) >= len(requests))  # all three stuck
         assert max(send_buffers()) <= 2 * limit  # Linux doubles what it is asked for
         for writer in stalled:
             writer.close()

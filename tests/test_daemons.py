@@ -11,7 +11,7 @@ import time
 import orjson
 import pytest
 
-from conftest import file_of, how_it_ended, wait_status
+from helpers import eventually, file_of, how_it_ended, wait_status, wait_words
 from offloadd.protocol.sse import parse_all
 from offloadd.storage.layout import Location
 
@@ -55,7 +55,7 @@ class TestCluster:
         responses = await asyncio.gather(*readers)
         doc_b = await wait_status(http, _on(urls["status_url"], b), "streaming")
         assert doc_b["response"]["body"]["choices"][0]["message"]["content"] is not None
-        await asyncio.sleep(0.3)
+        await wait_words(http, _on(urls["status_url"], b), 10)  # tokens flowing, then stop
         answer = await _json(http, _on(urls["stop_url"], c), "POST")
         assert answer["status"] == "success"
         assert answer["conversation_status"] == "stopped"
@@ -120,11 +120,13 @@ class TestServeModes:
         owners = set()
         connector = aiohttp.TCPConnector(force_close=True)
         async with aiohttp.ClientSession(connector=connector) as http:
-            for _ in range(60):
+
+            async def both_answered() -> bool:
                 owners.add((await _json(http, f"{daemon.url}/healthz"))["daemon"])
-                if len(owners) == 2:
-                    break
-            assert len(owners) == 2
+                assert len(owners) == 2, f"answered by {owners}"
+                return True
+
+            await eventually(both_answered)
             urls = await _create(http, daemon.url, {**LONG, "model": "mock?tokens=50"})
             async with http.get(urls["stream_events_url"]) as resp:
                 assert (await resp.read()).endswith(b"data: [DONE]\n\n")

@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from conftest import how_it_ended
+from helpers import how_it_ended
 
 FAULTS = [
     pytest.param("mock?status=401", "upstream_unauthorized", 401, id="401"),

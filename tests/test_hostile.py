@@ -8,11 +8,19 @@ import dataclasses
 
 import orjson
 import pytest
-from hostile_upstream import chunk, make_hostile_app, model
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import OPENAI_KEY, SEED_BODY, Api, file_of, files_under, how_it_ended
+from helpers import (
+    OPENAI_KEY,
+    SEED_BODY,
+    Api,
+    eventually,
+    file_of,
+    files_under,
+    how_it_ended,
+)
+from hostile_upstream import chunk, make_hostile_app, model
 from offloadd.http.app import make_app
 from offloadd.protocol.sse import parse_all
 
@@ -170,14 +178,12 @@ class TestWebhooksReachOnlyPublicAddresses:
 
 
 async def _webhook_outcome(api: Api, status_url: str) -> dict:
-    import asyncio
+    async def settled() -> dict:
+        webhook = (await api.status(status_url)).get("webhook") or {}
+        assert webhook.get("status") in ("failed", "delivered"), f"webhook: {webhook}"
+        return webhook
 
-    async with asyncio.timeout(10):
-        while True:
-            webhook = (await api.status(status_url)).get("webhook") or {}
-            if webhook.get("status") in ("failed", "delivered"):
-                return webhook
-            await asyncio.sleep(0.05)
+    return await eventually(settled)
 
 
 URLISH = st.one_of(
@@ -290,9 +296,8 @@ class TestAFullDisk:
         filler.unlink()  # space is back: the final state is written, the reader released
         events = await asyncio.wait_for(reader, 15)
         assert how_it_ended(events)["error"]["code"] == "storage_error"
-        async with asyncio.timeout(10):  # the document on disk follows at the next retry
-            while orjson.loads(file_of(data, urls["status_url"]).read_bytes())["status"] != "error":
-                await asyncio.sleep(0.05)
+        on_disk = file_of(data, urls["status_url"])  # the document follows at the next retry
+        await eventually(lambda: orjson.loads(on_disk.read_bytes())["status"] == "error")
 
 
 class TestIdempotencyKey:

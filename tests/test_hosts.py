@@ -9,10 +9,10 @@ import asyncio
 import signal
 
 import pytest
-from realworld import SshfsExport, other_host
 
-from conftest import how_it_ended, require_binary, wait_status
+from helpers import how_it_ended, require_binary, wait_status
 from offloadd.protocol.sse import parse_all
+from realworld import SshfsExport, other_host
 
 LONG = {"messages": [{"role": "user", "content": "x"}], "model": "mock?tokens=400&delay_ms=10"}
 

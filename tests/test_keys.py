@@ -11,21 +11,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from conftest import OPENAI_KEY, SEED_BODY
+from helpers import OPENAI_KEY, SEED_BODY, make_key
 from offloadd import cli
 from offloadd.http.app import make_app
 from offloadd.keys.base import load_plans
 from offloadd.keys.sqlite import DB_NAME, SQLiteKeys
-
-
-def make_key(data_dir: Path, name: str = "app", plan: str = "free", plans=None) -> str:
-    result = CliRunner().invoke(
-        cli.main,
-        ["keys", "create", "--name", name, "--plan", plan, "--data", str(data_dir)]
-        + (["--plans", str(plans)] if plans else []),
-    )
-    assert result.exit_code == 0, result.output
-    return result.output.strip().splitlines()[-1]
 
 
 def keys_cli(*args: str) -> str:

@@ -10,7 +10,7 @@ import re
 import pytest
 from click.testing import CliRunner
 
-from conftest import OPENAI_KEY, SEED_BODY, files_under
+from helpers import OPENAI_KEY, SEED_BODY, eventually, files_under, wait_words
 from offloadd import cli
 from offloadd.http.app import make_app
 
@@ -117,10 +117,12 @@ async def budgeted(request, plans, aiohttp_client, config, data_dir):
 
 
 async def _until_counted(tokens) -> tuple[int, int]:
-    async with asyncio.timeout(10):  # counted once the request has ended
-        while not (counted := await tokens())[0]:
-            await asyncio.sleep(0.05)
-    return counted
+    async def counted() -> tuple[int, int]:  # counted once the request has ended
+        spent = await tokens()
+        assert spent[0], f"(tokens, estimated) this month: {spent}"
+        return spent
+
+    return await eventually(counted)
 
 
 class TestTokenBudgets:
@@ -136,7 +138,7 @@ class TestTokenBudgets:
     async def test_a_stopped_request_is_counted_by_estimate(self, budgeted):
         client, key, tokens = budgeted
         answer = await (await _post(client, key, model="mock?tokens=500&delay_ms=20")).json()
-        await asyncio.sleep(0.3)
+        await wait_words(client, answer["endpoints"]["status_url"], 3)
         await client.post("/" + answer["endpoints"]["stop_url"].split("/", 3)[3])
         counted, estimated = await _until_counted(tokens)
         assert counted == estimated > 0

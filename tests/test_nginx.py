@@ -12,7 +12,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from conftest import free_port, require_binary
+from helpers import eventually, free_port, require_binary, wait_status
 from offloadd.protocol.sse import SSEParser, parse_all
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,17 +64,19 @@ async def stack(spawn, tmp_path):
     proc = await asyncio.create_subprocess_exec(
         binary, "-c", str(conf), "-p", str(nginx_tmp), "-g", "daemon off;"
     )
-    async with asyncio.timeout(10):
-        while True:
-            try:
-                _, writer = await asyncio.open_connection("127.0.0.1", port)
-                writer.close()
-                break
-            except OSError:
-                await asyncio.sleep(0.05)
+    await eventually(lambda: _accepts(port))
     yield f"http://127.0.0.1:{port}", data, nginx_tmp
     proc.terminate()
     await proc.wait()
+
+
+async def _accepts(port: int) -> bool:
+    try:
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+    except OSError as e:
+        raise AssertionError(f"nginx on {port}: {e}") from None
+    writer.close()
+    return True
 
 
 async def _create(http, base: str, **fields) -> dict:
@@ -118,7 +120,7 @@ class TestBehindNginx:
         urls = (await _create(http, base, model="mock?tokens=5"))["endpoints"]
         async with http.get(urls["stream_events_url"]) as resp:
             live = await resp.read()
-        await asyncio.sleep(0.1)
+        await wait_status(http, urls["status_url"], "done")
         rel = urls["status_url"].split("/1/r/", 1)[1][: -len(".json")]
         for url, suffix, ctype in (
             (urls["stream_events_url"], ".txt", "text/event-stream"),

@@ -7,7 +7,7 @@ import asyncio
 import openai
 import pytest
 
-from conftest import OPENAI_KEY, how_it_ended, stream_text
+from helpers import OPENAI_KEY, how_it_ended, make_key, stream_text
 from offloadd.protocol.sse import parse_all
 
 MESSAGES = [{"role": "user", "content": "hello from the sdk"}]
@@ -92,8 +92,6 @@ class TestChatCompletions:
 
 class TestWithKeys:
     async def test_the_sdks_api_key_is_the_offloadd_key(self, sdk, make_api, data_dir):
-        from test_keys import make_key
-
         key = make_key(data_dir)
         api = await make_api(auth=True)
         completion = await sdk(api, key).chat.completions.create(

@@ -3,10 +3,7 @@ no 5xx, no traceback, every answer as documented, no files from rejected request
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,7 +11,7 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis import checks
 
-from conftest import files_under, free_port
+from helpers import Daemon, files_under
 
 
 def _conversations(data: Path) -> set[str]:
@@ -25,36 +22,14 @@ def _conversations(data: Path) -> set[str]:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     data = tmp_path_factory.mktemp("openapi") / "data"
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "offloadd",
-            "serve",
-            "--data",
-            str(data),
-            "--port",
-            str(port),
-            "--upstream-url",
-            "mock",
-            "--no-auth",
-            "--log-level",
-            "WARNING",
-            "--max-body",
-            "65536",
-            "--max-timeout",
-            "120",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    assert b"listening" in proc.stdout.readline()
-    yield f"http://127.0.0.1:{port}", data
-    proc.send_signal(signal.SIGTERM)
-    output = proc.communicate(timeout=30)[0]
-    assert b"Traceback" not in output, output.decode()
+    limits = ("--max-body", "65536", "--max-timeout", "120", "--log-level", "WARNING")
+    serve = ("serve", "--data", str(data), "--upstream-url", "mock", "--no-auth")
+    daemon = Daemon(*serve, *limits).start()
+    yield daemon.url, data
+    daemon.signal(signal.SIGTERM)
+    daemon.proc.wait(30)
+    assert b"Traceback" not in daemon.output, daemon.output.decode()
+    daemon.stop()
 
 
 @pytest.fixture(scope="module")

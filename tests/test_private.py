@@ -7,7 +7,7 @@ import hashlib
 import orjson
 from yarl import URL
 
-from conftest import files_under
+from helpers import files_under
 
 
 async def _private(api, **fields):

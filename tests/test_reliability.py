@@ -12,7 +12,7 @@ import socket
 import orjson
 import pytest
 
-from conftest import OPENAI_KEY, SEED_BODY, files_under
+from helpers import OPENAI_KEY, SEED_BODY, eventually, files_under
 from offloadd.protocol.sse import parse_all
 
 
@@ -130,7 +130,8 @@ class TestSecrets:
             headers={**headers, "Content-Type": "application/json"},
         ) as resp:
             assert resp.status == 400
-        await daemon.close()
+        daemon.signal(signal.SIGTERM)
+        await daemon.wait()
         secrets = [openai_key, api_key, *tokens]
         assert len(tokens) == len(models)
         blobs = [p.read_bytes() for p in data.rglob("*") if p.is_file()]
@@ -189,13 +190,18 @@ class TestReaders:
             writer.close()
             await writer.wait_closed()
 
+        connections = api.client.server.runner.server.connections
+        idle = len(connections)  # the test client's own, kept alive
+
+        def let_go() -> bool:
+            assert len(connections) <= idle, f"{len(connections)} open, {idle} before"
+            return True
+
         await connect_and_leave()
-        await asyncio.sleep(0.2)
+        await eventually(let_go)  # the server has closed that reader's connection
         before = len(os.listdir("/proc/self/fd"))
         for _ in range(1000):
             await connect_and_leave()
-        async with asyncio.timeout(10):
-            while len(os.listdir("/proc/self/fd")) > before + 5:
-                await asyncio.sleep(0.1)
-        assert len(os.listdir("/proc/self/fd")) <= before + 5
+        await eventually(lambda: len(os.listdir("/proc/self/fd")) <= before + 5)
+        assert let_go()  # and every one of the thousand readers was let go
         await api.get(urls["stop_url"])

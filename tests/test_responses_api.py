@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import signal
 
 import openai
 import pytest
+
+from helpers import eventually
 
 LONG = "mock?tokens=300&delay_ms=10"
 
@@ -20,11 +21,16 @@ def _text(events) -> str:
     return "".join(e.delta for e in events if e.type == "response.output_text.delta")
 
 
-async def _until(client, rid: str, *statuses: str):
-    async with asyncio.timeout(20):
-        while (response := await client.responses.retrieve(rid)).status not in statuses:
-            await asyncio.sleep(0.02)
-    return response
+async def _until(client, rid: str, *statuses: str, words: int = 0):
+    """The response once its status is one of `statuses` and its text has `words` words."""
+
+    async def reached():
+        response = await client.responses.retrieve(rid)
+        assert response.status in statuses, f"status {response.status!r}, not in {statuses}"
+        assert len(response.output_text.split()) >= words, f"text {response.output_text!r}"
+        return response
+
+    return await eventually(reached, timeout=20)
 
 
 class TestResponses:
@@ -47,9 +53,8 @@ class TestResponses:
     async def test_background_retrieve_resume_cancel(self, client, api):
         created = await client.responses.create(model=LONG, input="x", background=True)
         assert created.status in ("queued", "in_progress") and created.background
-        running = await _until(client, created.id, "in_progress")
-        await asyncio.sleep(0.3)
-        partial = (await client.responses.retrieve(created.id)).output_text
+        running = await _until(client, created.id, "in_progress", words=2)
+        partial = running.output_text
         assert partial.startswith("t0 t1")
         for after in (0, 3, 10):
             stream = await client.responses.retrieve(created.id, stream=True, starting_after=after)
@@ -111,10 +116,8 @@ class TestCrash:
         a, b = [await serve_with_mock(data) for _ in range(2)]
         on_a, on_b = sdk(f"{a.url}/v1"), sdk(f"{b.url}/v1")
         created = await on_a.responses.create(model=LONG, input="x", background=True)
-        await _until(on_b, created.id, "in_progress")
-        async with asyncio.timeout(10):  # some text written (and flushed) before the kill
-            while not (await on_b.responses.retrieve(created.id)).output_text:
-                await asyncio.sleep(0.05)
+        # some text written (and flushed) before the kill
+        await _until(on_b, created.id, "in_progress", words=1)
         a.signal(signal.SIGKILL)
         await a.wait()
         failed = await _until(on_b, created.id, "failed")

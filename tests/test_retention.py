@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 
 import orjson
 from click.testing import CliRunner
 
-from conftest import files_under
+from helpers import eventually, files_under
 from offloadd import cli
 
 
@@ -67,7 +66,5 @@ class TestServeRetention:
         api = await make_api(retention_seconds=86400.0)
         urls = (await api.create(model="mock?tokens=1"))["endpoints"]
         await api.wait_status(urls["status_url"], "done")
-        async with asyncio.timeout(5):
-            while (data_dir / f"{old}.json").exists():
-                await asyncio.sleep(0.05)
+        await eventually(lambda: not (data_dir / f"{old}.json").exists(), timeout=5)
         assert len(files_under(data_dir)) == 2  # only the new conversation

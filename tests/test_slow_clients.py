@@ -8,6 +8,8 @@ import asyncio
 import orjson
 import pytest
 
+from helpers import eventually
+
 LIMITS = ("--header-timeout", "1", "--body-timeout", "1")
 
 
@@ -59,9 +61,13 @@ class TestSlowClients:
         writer.close()
         for _, w in held:
             w.close()
-        await asyncio.sleep(0.3)
-        async with http.get(f"{server.url}/healthz") as resp:
-            assert resp.status == 200
+
+        async def healthy() -> bool:
+            async with http.get(f"{server.url}/healthz") as resp:
+                assert resp.status == 200, f"healthz: {resp.status}"
+                return True
+
+        await eventually(healthy)  # room again once the held connections are counted off
 
 
 class TestConnectionCount:
@@ -86,15 +92,15 @@ class TestConnectionCount:
                 conns = []
                 for _ in range(5):
                     conns.append(await asyncio.open_connection("127.0.0.1", port))
-                    await asyncio.sleep(0.02)  # accepted in this order
+                    # accepted in this order: each of the three held is counted before the next
+                    held = min(len(conns), 3)
+                    await eventually(lambda held=held: runner.open_connections.count >= held)
                 answers = [(await _answer(reader))[0] for reader, _ in conns]
                 assert answers == [408, 408, 408, 503, 503]  # three held until too late
                 for _, writer in conns:
                     writer.close()
                     await writer.wait_closed()
-                async with asyncio.timeout(5):
-                    while runner.open_connections.count:
-                        await asyncio.sleep(0.01)
+                await eventually(lambda: runner.open_connections.count == 0, timeout=5)
         finally:
             await runner.cleanup()
 

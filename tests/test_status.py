@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import orjson
 
-from conftest import file_of
+from helpers import ANSWER_KEYS, file_of
 
 
 class TestStatusDocument:
@@ -37,12 +37,7 @@ class TestStatusDocument:
         events = await api.events(urls["stream_events_url"])
         doc = await api.status(urls["status_url"])
         assert list(doc) == [
-            "status",
-            "created_at",
-            "conversation_id",
-            "README",
-            "authorization",
-            "endpoints",
+            *ANSWER_KEYS,
             "request",
             "options",
             "parameters",

@@ -4,25 +4,24 @@ from __future__ import annotations
 
 import asyncio
 
-from conftest import file_of, how_it_ended
+from helpers import eventually, file_of, how_it_ended, wait_words
 from offloadd.protocol.sse import parse_all
 
 
 async def _wait_upstream_closed(api, timeout=5.0) -> dict:
-    async with asyncio.timeout(timeout):
-        while True:
-            [seen] = await api.upstream_requests()
-            if seen["client_closed"]:
-                return seen
-            await asyncio.sleep(0.02)
+    async def closed() -> dict:
+        [seen] = await api.upstream_requests()
+        assert seen["client_closed"], f"the upstream call is still open: {seen}"
+        return seen
+
+    return await eventually(closed, timeout=timeout)
 
 
 class TestStop:
     async def test_stop_mid_stream_closes_the_upstream_and_ends_stopped(self, api):
         urls = (await api.create(model="mock?tokens=500&delay_ms=20"))["endpoints"]
         reader = asyncio.create_task(api.events(urls["stream_events_url"]))
-        await api.wait_status(urls["status_url"], "streaming")
-        await asyncio.sleep(0.1)
+        await wait_words(api, urls["status_url"], 2)
         resp = await api.post(urls["stop_url"])
         answer = await resp.json()
         assert resp.status == 200
@@ -90,7 +89,8 @@ class TestManyStopsAtOnce:
             await api.wait_status(urls["status_url"], "streaming")
 
         async def stop(urls, i):
-            await asyncio.sleep(i * 0.002)  # spread over the ending's few milliseconds
+            # time is the subject: the stops are spread over the ending's few milliseconds
+            await asyncio.sleep(i * 0.002)
             resp = await (api.post if i % 2 else api.get)(urls["stop_url"])
             assert resp.status == 200
             return (await resp.json())["conversation_status"]

@@ -7,7 +7,7 @@ import os
 
 import orjson
 
-from conftest import file_of, how_it_ended
+from helpers import file_of, how_it_ended
 from offloadd.protocol.sse import SSEParser, parse_all
 
 
@@ -136,13 +136,13 @@ class TestLive:
         other.with_suffix(".json").write_bytes(src.with_suffix(".json").read_bytes())
         url = urls["stream_events_url"].replace(src.stem, other.stem)
         reader = asyncio.create_task(api.stream(url))
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(0.2)  # time is the subject: an unfinished file keeps its reader
         assert not reader.done()
         with open(other, "ab") as f:
             f.write(b'id: 2\ndata: {"a":2}\n\n')
             f.flush()
             os.fsync(f.fileno())
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(0.1)  # another writer's pace: the end comes some polls later
             f.write(b"id: 3\nevent: status\ndata: {}\n\nid: 4\ndata: [DONE]\n\n")
         raw = await asyncio.wait_for(reader, 5)
         assert raw == other.read_bytes()

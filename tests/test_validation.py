@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from conftest import OPENAI_KEY, SEED_BODY, files_under
+from helpers import OPENAI_KEY, SEED_BODY, files_under
 
 HEADERS = {"X-OpenAI-API-Key": OPENAI_KEY, "Content-Type": "application/json"}
 

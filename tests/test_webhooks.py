@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 
 import orjson
 import pytest
 from aiohttp import web
+
+from helpers import eventually
 
 SECRET = "webhook-test-secret"
 
@@ -41,12 +42,13 @@ async def hook_url(aiohttp_server, receiver):
 
 
 async def _wait_webhook(api, status_url: str, *states: str) -> dict:
-    async with asyncio.timeout(10):
-        while True:
-            doc = await api.status(status_url)
-            if doc.get("webhook", {}).get("status") in states:
-                return doc
-            await asyncio.sleep(0.02)
+    async def reached() -> dict:
+        doc = await api.status(status_url)
+        webhook = doc.get("webhook", {})
+        assert webhook.get("status") in states, f"webhook {webhook}, waiting for {states}"
+        return doc
+
+    return await eventually(reached)
 
 
 class TestDelivery:
