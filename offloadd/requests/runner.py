@@ -11,13 +11,15 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import orjson
 
 from offloadd.config import Config
+from offloadd.domain.dialects import RESPONSES
+from offloadd.domain.responses import response_id, with_response_id
 from offloadd.domain.status import (
     TERMINAL,
     answered,
@@ -64,6 +66,7 @@ class Run:
     ending: bool = False
     cancelled: bool = False  # its task was cancelled once (a stop, a disconnect, shutdown)
     released: bool = False  # its run marker is gone
+    own_id: str | None = None  # a Responses API answer: offloadd's id, in every event
 
     def __post_init__(self) -> None:
         self.completion = self.dialect.assembly()
@@ -126,6 +129,7 @@ class Runner:
         run = Run(loc, doc, fd, usage_added, timeout, call.dialect)
         run.webhook_url, run.charge = webhook_url, charge
         run.path = self.store.txt_path(loc)
+        run.own_id = response_id(loc) if call.dialect is RESPONSES else None
         self.runs[loc.uuid] = run
         run.task = asyncio.create_task(self._run(run, call), name=f"offloadd-run-{loc.uuid}")
 
@@ -300,21 +304,14 @@ class Runner:
 
     def _count_tokens(self, charge: Charge, doc: dict) -> None:
         """Count the tokens the request used against its key's budget, in a task."""
-        keys = self.keys
-        assert keys is not None
-        tokens, estimated = tokens_used(doc)
+        assert self.keys is not None
+        self._background(self._add_tokens(self.keys, charge, doc), "offloadd-tokens")
 
-        async def count() -> None:
-            try:
-                await keys.add_tokens(charge, tokens, estimated)
-            except Exception:
-                log.exception(
-                    "request %s: its tokens could not be counted", doc.get("conversation_id")
-                )
-
-        task = asyncio.create_task(count(), name="offloadd-tokens")
-        self.deliveries.add(task)
-        task.add_done_callback(self.deliveries.discard)
+    async def _add_tokens(self, keys: KeyStore, charge: Charge, doc: dict) -> None:
+        try:
+            await keys.add_tokens(charge, *tokens_used(doc))
+        except Exception:
+            log.exception("request %s: its tokens could not be counted", doc.get("conversation_id"))
 
     def _deliver(self, run: Run, url: str) -> None:
         """Post the final document to the request's webhook, in a task of its own."""
@@ -326,16 +323,21 @@ class Runner:
             except StorageError as e:
                 log.error("request %s: webhook outcome not saved: %s", run.loc.rel, e)
 
-        task = asyncio.create_task(
-            self.webhooks.deliver(url, public_view(run.doc), record),
-            name=f"offloadd-webhook-{run.loc.uuid}",
-        )
+        deliver = self.webhooks.deliver(url, public_view(run.doc), record)
+        self._background(deliver, f"offloadd-webhook-{run.loc.uuid}")
+
+    def _background(self, job: Coroutine, name: str) -> None:
+        """A task that outlives the request (a webhook, a token count), given up on shutdown."""
+        task = asyncio.create_task(job, name=name)
         self.deliveries.add(task)
         task.add_done_callback(self.deliveries.discard)
 
     def _chunk(self, run: Run, raw: bytes, chunk: dict) -> None:
         """Write one upstream chunk to the stream, verbatim, and fold it into the document
-        (a usage chunk offloadd asked for on the caller's behalf goes to the document only)."""
+        (a usage chunk offloadd asked for on the caller's behalf goes to the document only;
+        a Responses API event carries offloadd's response id, not the upstream's)."""
+        if run.own_id is not None:
+            raw, chunk = with_response_id(raw, chunk, run.own_id)
         run.completion.add(chunk)
         if not is_forced_usage(chunk, run.usage_added):
             run.event_id += 1
