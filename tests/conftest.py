@@ -56,6 +56,7 @@ def config(data_dir: Path, mock_server) -> Config:
     return Config(
         data=data_dir,
         upstream_url=str(mock_server.make_url("/v1")),
+        anthropic_url=str(mock_server.make_url("")),
         auth=False,
         poll_interval=0.02,
         grace_seconds=1.0,

@@ -42,6 +42,7 @@ class NewRequest:
     idempotency_key: str | None = None
     endpoint: str | None = None  # when not the kind's own (the OpenAI-compatible API)
     dialect: Dialect = CHAT
+    upstream_headers: dict | None = None  # sent upstream as they are (Anthropic's version)
 
     @property
     def route(self) -> str:
@@ -172,7 +173,12 @@ class Creator:
         if webhook:
             doc["webhook"] = {"url": shown_url(webhook), "status": "pending", "attempts": 0}
         call = Call(
-            parameters, new.upstream_key, new.organization, options.connect_timeout, new.dialect
+            parameters,
+            new.upstream_key,
+            new.organization,
+            options.connect_timeout,
+            new.dialect,
+            dict(new.upstream_headers or {}),
         )
         usage_added = new.chat.usage_added  # the files (both, or neither) and the task:
         await self.runner.start(loc, doc, call, usage_added, options.timeout, webhook, charge)
