@@ -38,6 +38,8 @@ def server(tmp_path_factory):
             str(port),
             "--upstream-url",
             "mock",
+            "--anthropic-url",
+            "mock",
             "--no-auth",
             "--log-level",
             "WARNING",

@@ -126,6 +126,28 @@ def _tools(value: object) -> None:
             raise _invalid(f"tools.{i}: must be an object with a `name` (or a `type`)")
 
 
+def messages_schema() -> dict:
+    """The create body as JSON Schema, from the checks' own definitions: no stricter than
+    them (what they take, it takes); the upstream judges the rest."""
+    message = {
+        "type": "object",
+        "required": ["role"],
+        "properties": {"role": {"enum": list(ROLES)}},
+    }
+    return {
+        "type": "object",
+        "required": ["model", "max_tokens", "messages"],
+        "properties": {
+            "model": {"type": "string", "minLength": 1},
+            "max_tokens": {"type": "integer", "minimum": 0, "maximum": MAX_TOKENS},
+            "messages": {"type": "array", "items": message, "minItems": 1},
+            "system": {"type": ["string", "array"]},
+            "stream": {"type": ["boolean", "null"]},
+        },
+        "additionalProperties": True,
+    }
+
+
 # --- the message object, from the stream ----------------------------------------------
 
 
