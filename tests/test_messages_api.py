@@ -398,3 +398,69 @@ class TestKeys:
                 await asyncio.sleep(0.05)
         assert rows[0]["requests"] == 1
         assert (rows[0]["tokens"], rows[0]["estimated_tokens"]) == (15, 0)  # 10 in, 5 out
+
+
+class TestTheRestOfOffloadd:
+    async def test_a_conversation_continues_from_its_status_url(self, claude, api):
+        first = await claude(api).messages.with_raw_response.create(
+            model="mock", max_tokens=10, messages=HI
+        )
+        url = first.headers["X-Offloadd-Status-Url"]
+        again = [{"role": "user", "content": "and then"}]
+        second = await claude(api).messages.create(
+            model="mock", max_tokens=10, messages=again, extra_body={"from_status_url": url}
+        )
+        assert second.content[0].text == "and then"
+        sent = (await api.upstream_requests())[-1]["body"]["messages"]
+        assert [m["role"] for m in sent] == ["user", "assistant", "user"]
+        assert sent[1]["content"] == [{"type": "text", "text": "hello claude over there"}]
+        chat = await api.create(path="/v1/async-chatgpt", model="mock")
+        await api.wait_status(chat["endpoints"]["status_url"], "done")
+        with pytest.raises(anthropic.BadRequestError, match="another API"):
+            await claude(api).messages.create(
+                model="mock",
+                max_tokens=10,
+                messages=again,
+                extra_body={"from_status_url": chat["endpoints"]["status_url"]},
+            )
+
+    async def test_info_and_the_browsers_preflight_know_it(self, make_api):
+        api = await make_api(create_cors_origins=("https://app.example",))
+        info = await (await api.client.get("/v1/info")).json()
+        assert "POST /v1/messages" in str(info)
+        resp = await api.client.options(
+            "/v1/messages",
+            headers={
+                "Origin": "https://app.example",
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "x-api-key, anthropic-version",
+            },
+        )
+        assert resp.status == 204
+        allowed = resp.headers["Access-Control-Allow-Headers"].lower()
+        assert "anthropic-version" in allowed and "x-anthropic-api-key" in allowed
+
+    async def test_a_webhook_gets_the_final_document(self, claude, make_api, aiohttp_server):
+        from aiohttp import web
+
+        got: list = []
+
+        async def hook(request):
+            got.append(await request.json())
+            return web.Response()
+
+        app = web.Application()
+        app.router.add_post("/hook", hook)
+        receiver = await aiohttp_server(app)
+        api = await make_api(allow_private_webhooks=True)
+        await claude(api).messages.create(
+            model="mock?tokens=2",
+            max_tokens=10,
+            messages=HI,
+            extra_body={"webhook_url": str(receiver.make_url("/hook"))},
+        )
+        async with asyncio.timeout(10):
+            while not got:
+                await asyncio.sleep(0.02)
+        doc = got[0]["response"]
+        assert doc["status"] == "done" and doc["response"]["body"]["content"][0]["text"] == "t0 t1"

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from offloadd.config import Config
 from offloadd.domain.access import allows, authorization, new_token, private_fields
 from offloadd.domain.continuation import continued_messages, earlier_location
-from offloadd.domain.dialects import CHAT, RESPONSES, RESPONSES_ENDPOINT
+from offloadd.domain.dialects import CHAT, RESPONSES, RESPONSES_ENDPOINT, dialect_of
 from offloadd.domain.idempotency import Idempotency, with_token
 from offloadd.domain.responses import continued_input, location_of
 from offloadd.domain.status import TERMINAL, create_answer, new_document
@@ -119,6 +119,12 @@ class Creator:
             raise BadRequest(
                 "the conversation at `from_status_url` is still running; continue it once it ends",
                 code="from_status_not_finished",
+            )
+        if dialect_of(doc).upstream != new.dialect.upstream:  # OpenAI's turns or Anthropic's
+            raise BadRequest(
+                "the conversation at `from_status_url` was held with another API; continue "
+                "it on its own endpoint",
+                code="from_status_other_api",
             )
         return doc
 
