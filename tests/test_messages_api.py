@@ -196,6 +196,25 @@ class TestFailures:
         [seen_upstream] = [r for r in await api.upstream_requests() if r["model"] == LONG]
         assert seen_upstream["client_closed"] is True  # the model stopped generating
 
+    async def test_a_stopped_call_not_streamed_is_a_conflict_not_retried(
+        self, claude, api, data_dir
+    ):
+        model = "mock?tokens=400&delay_ms=10"
+        call = asyncio.ensure_future(
+            claude(api).messages.create(model=model, max_tokens=10, messages=HI)
+        )
+        async with asyncio.timeout(10):
+            while not (seen := await api.upstream_requests()) or not seen[-1]["chunks_sent"]:
+                await asyncio.sleep(0.02)
+        [status_file] = [p for p in files_under(data_dir) if p.suffix == ".json"]
+        doc = orjson.loads(status_file.read_bytes())
+        assert (await api.post(doc["endpoints"]["stop_url"])).status == 200
+        with pytest.raises(anthropic.ConflictError) as raised:
+            await call
+        assert raised.value.error_code == "stopped"
+        assert raised.value.response.headers["x-should-retry"] == "false"
+        assert await _posts(api, model) == 1
+
     async def test_a_timeout_is_anthropics_timeout_error(self, claude, api):
         model = "mock?tokens=10&stall_after=3"
         async with claude(api).messages.stream(
