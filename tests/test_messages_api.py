@@ -122,11 +122,20 @@ class TestMessages:
             await claude(api).messages.create(
                 model="mock", max_tokens=10, messages=HI, extra_body={"temperature": 0.5}
             )
+        [seen] = (await api.upstream_requests())[-1:]
+        assert seen["headers"] == {"anthropic-version": "2026-10-21", "key_in": "x-api-key"}
+        await claude(api).messages.create(
+            model="mock", max_tokens=10, messages=HI, extra_headers={"anthropic-beta": "b-1"}
+        )
+        [seen] = (await api.upstream_requests())[-1:]
+        assert seen["headers"]["anthropic-beta"] == "b-1"
         body = {"model": "mock", "max_tokens": 10, "messages": HI, "temperature": 0.5}
         headers = {"x-api-key": ANTHROPIC_KEY}  # curl's way, and SDK 1.x's
         resp = await api.client.post("/v1/messages", json=body, headers=headers)
         answer = await resp.json()
         assert resp.status == 200 and answer["content"][0]["text"] == "hello claude over there"
+        [seen] = (await api.upstream_requests())[-1:]
+        assert seen["headers"] == {"anthropic-version": "2023-06-01", "key_in": "x-api-key"}
 
 
 class TestFailures:

@@ -40,6 +40,7 @@ class Seen:
     client_closed: bool = False
     closed_at: float | None = None
     peer_port: int | None = None  # the caller's side of the connection: reused or new
+    headers: dict = field(default_factory=dict)  # Messages API: the anthropic-* it was sent
 
 
 SEEN = web.AppKey("seen", list)

@@ -65,6 +65,9 @@ async def messages(request: web.Request) -> web.StreamResponse:
     if isinstance(admitted, web.Response):
         return admitted
     entry, behaviour = admitted
+    sent = request.headers
+    entry.headers = {k.lower(): v for k, v in sent.items() if k.lower().startswith("anthropic-")}
+    entry.headers["key_in"] = "x-api-key" if "x-api-key" in sent else "authorization"
     version = request.headers.get("anthropic-version")
     if not version:
         return refuse(400, "anthropic-version: header is required")
