@@ -455,7 +455,8 @@ class TestTheRestOfOffloadd:
     async def test_info_and_the_browsers_preflight_know_it(self, make_api):
         api = await make_api(create_cors_origins=("https://app.example",))
         info = await (await api.client.get("/v1/info")).json()
-        assert "POST /v1/messages" in str(info)
+        assert "POST /v1/messages" in info["create"]
+        assert info["anthropic_upstream"] == str(api.mock.make_url("")).rstrip("/")
         resp = await api.client.options(
             "/v1/messages",
             headers={

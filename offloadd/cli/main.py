@@ -297,7 +297,9 @@ def _start_line(config: Config) -> str:
     workers = f" ({config.workers} workers)" if config.workers > 1 else ""
     return (
         f"offloadd listening on {place}{workers}, "
-        f"upstream: {describe_upstream(config)}, data: {config.data}"
+        f"upstream: {describe_upstream(config)}, "
+        f"Anthropic: {'the built-in mock' if config.anthropic_mock else config.anthropic_url}, "
+        f"data: {config.data}"
     )
 
 
