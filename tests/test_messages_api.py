@@ -62,6 +62,8 @@ class TestMessages:
         doc = await api.status(raw.headers["X-Offloadd-Status-Url"])
         assert doc["status"] == "done" and doc["request"]["endpoint"] == "/v1/messages"
         assert doc["response"]["body"] == orjson.loads(raw.http_response.content)
+        kept = doc["response"]["headers"]  # the upstream's ids and rate limits, nothing else
+        assert set(kept) == {"request-id", "anthropic-ratelimit-requests-limit"}
         [sent] = (await api.upstream_requests())[-1:]
         assert sent["body"]["stream"] is True and sent["body"]["system"] == "be kind"
 
