@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 OPENAI_URL = "https://api.openai.com/v1"
+ANTHROPIC_URL = "https://api.anthropic.com"  # no `/v1`: Anthropic's paths begin with it
 MOCK = "mock"
 
 
@@ -20,6 +21,9 @@ class Config:
     public_url: str | None = None
     upstream_url: str = OPENAI_URL
     upstream_key: str | None = None
+    # Anthropic's Messages API (`POST /v1/messages`): its base URL, or `mock`, and key.
+    anthropic_url: str = ANTHROPIC_URL
+    anthropic_key: str | None = None
     default_model: str = "gpt-3.5-turbo"
     auth: bool = True
     plans_file: Path | None = None
@@ -73,3 +77,7 @@ class Config:
     @property
     def uses_mock(self) -> bool:
         return self.upstream_url == MOCK
+
+    @property
+    def anthropic_mock(self) -> bool:
+        return self.anthropic_url == MOCK

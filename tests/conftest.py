@@ -11,7 +11,7 @@ from pathlib import Path
 import hypothesis
 import pytest
 
-from helpers import OPENAI_KEY, Api, Daemon
+from helpers import ANTHROPIC_KEY, OPENAI_KEY, Api, Daemon
 from offloadd.config import Config
 from offloadd.http.app import make_app
 from offloadd.mock.app import make_mock_app
@@ -39,6 +39,7 @@ def config(data_dir: Path, mock_server) -> Config:
     return Config(
         data=data_dir,
         upstream_url=str(mock_server.make_url("/v1")),
+        anthropic_url=str(mock_server.make_url("")),
         auth=False,
         poll_interval=0.02,
         grace_seconds=1.0,
@@ -166,3 +167,29 @@ def postgres():
 @pytest.fixture
 async def pg_dsn(postgres) -> str:
     return await postgres.new_database()
+
+
+@pytest.fixture
+def no_sdk_environment(monkeypatch):
+    """The SDK reads these even with explicit arguments: a developer's own must not leak in."""
+    for name in ("ANTHROPIC_BASE_URL", "ANTHROPIC_CUSTOM_HEADERS", "ANTHROPIC_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+async def claude():
+    """`claude(base, key=…, **options)`: an `AsyncAnthropic` on an `Api`'s server (or a base
+    URL), with the SDK's own retries unless told otherwise; closed after."""
+    import anthropic
+
+    made: list = []
+
+    def make(server, key: str = ANTHROPIC_KEY, **options):
+        base = str(server.client.make_url("")) if hasattr(server, "client") else server
+        client = anthropic.AsyncAnthropic(base_url=base, api_key=key, **options)
+        made.append(client)
+        return client
+
+    yield make
+    for client in made:
+        await client.close()

@@ -238,3 +238,13 @@ def require_binary(package: str, binary: str) -> str:
             pytrace=False,
         )
     return found
+
+
+# Anthropic's Messages API, in the tests of /v1/messages
+ANTHROPIC_KEY = "sk-ant-test-Zq9offloaddSecretKey000"
+HI = [{"role": "user", "content": "hello claude over there"}]
+LONG = "mock?tokens=400&delay_ms=10"
+
+
+async def upstream_posts(api, model: str) -> int:
+    return len([r for r in await api.upstream_requests() if r["model"] == model])

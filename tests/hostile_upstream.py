@@ -1,5 +1,6 @@
-"""A hostile fake upstream: it answers a Chat Completions call with whatever the test
-scripted, byte for byte. Not our mock (which agrees with us): this one lies.
+"""A hostile fake upstream: it answers a Chat Completions, Responses or (Anthropic's)
+Messages call with whatever the test scripted, byte for byte. Not our mock (which agrees
+with us): this one lies. The caller's key is its Bearer, or Anthropic's `x-api-key`.
 
 The script travels in the request's own `model` field, `hostile:<base64url JSON>`, so
 any number of requests with different scripts run at once and nothing is shared:
@@ -37,7 +38,9 @@ def chunk(content: object = "x", index: object = 0, **extra: object) -> str:
 async def _completions(request: web.Request) -> web.StreamResponse:
     body = await request.json()
     script = orjson.loads(base64.urlsafe_b64decode(body["model"].split(":", 1)[1]))
-    key = request.headers.get("Authorization", "").removeprefix("Bearer ")
+    key = request.headers.get("x-api-key") or request.headers.get("Authorization", "").removeprefix(
+        "Bearer "
+    )
     headers = dict(script.get("headers") or {})
     if script.get("echo_key"):
         headers["x-request-id"] = f"req-{key}"
@@ -62,8 +65,14 @@ def event(kind: str, **fields: object) -> str:
     return "data: " + orjson.dumps({"type": kind, **fields}).decode()
 
 
+def named(kind: str, **fields: object) -> str:
+    """An event of Anthropic's Messages API, named as it names them."""
+    return f"event: {kind}\ndata: " + orjson.dumps({"type": kind, **fields}).decode()
+
+
 def make_hostile_app() -> web.Application:
     app = web.Application()
     app.router.add_post("/v1/chat/completions", _completions)
     app.router.add_post("/v1/responses", _completions)  # the script decides what it says
+    app.router.add_post("/v1/messages", _completions)  # Anthropic's (its base has no /v1)
     return app

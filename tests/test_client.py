@@ -49,6 +49,30 @@ class TestAsk:
         doc = orjson.loads(status_file.read_bytes())
         assert doc["request"]["endpoint"] == "/v1/responses" and doc["background"] is True
 
+    async def test_with_the_messages_api(self, spawn, tmp_path):
+        daemon = await spawn(
+            "serve", "--data", str(tmp_path / "data"), "--anthropic-url", "mock", "--no-auth"
+        )
+        proc = await _run(
+            "ask", "a question for claude", "--server", daemon.url, "--api", "messages",
+            "--system", "be brief",
+        )  # fmt: skip
+        out, err = await asyncio.wait_for(proc.communicate(), 30)
+        assert proc.returncode == 0, err
+        assert out.decode().startswith("a question for claude\n[done · 4 tokens · ")
+        [status_file] = list((tmp_path / "data").rglob("*.json"))
+        doc = orjson.loads(status_file.read_bytes())
+        assert doc["request"]["endpoint"] == "/v1/messages"
+        assert doc["parameters"]["system"] == "be brief"
+        assert doc["response"]["body"]["content"][0]["text"] == "a question for claude"
+        stopped = await _run(
+            "ask", "x", "--server", daemon.url, "--api", "messages",
+            "--model", "mock?tokens=50&error_after=8",
+        )  # fmt: skip
+        out, err = await asyncio.wait_for(stopped.communicate(), 30)
+        assert stopped.returncode == 1
+        assert "[error · " in out.decode() and "Overloaded" in out.decode()
+
     async def test_ctrl_c_stops_the_request_on_the_server(
         self, serve_with_mock, mock_process, tmp_path, http
     ):

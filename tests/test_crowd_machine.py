@@ -48,9 +48,9 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
-from test_keys import make_key
 
 from crowd_world import World
+from helpers import make_key
 
 SETTINGS = settings(
     max_examples=15,

@@ -66,3 +66,43 @@ class TestMockUpstream:
         assert [s["authorized"] for s in seen] == [True, False]
         assert seen[1]["model"] == "mock?tokens=2"
         assert {"model", "authorized", "client_closed", "chunks_sent"} <= set(seen[0])
+
+
+class TestMockMessages:
+    """The mock's Anthropic Messages API, as Anthropic's own answers (docs/anthropic.md)."""
+
+    BODY = {"model": "mock", "max_tokens": 10, "messages": HELLO["messages"]}
+    KEY = {"x-api-key": "sk-ant-anything", "anthropic-version": "2023-06-01"}
+
+    async def test_a_key_and_a_version_are_required(self, aiohttp_client, mock_server):
+        client = await aiohttp_client(mock_server)
+        no_key = await client.post("/v1/messages", json=self.BODY)
+        assert no_key.status == 401
+        assert (await no_key.json())["error"]["type"] == "authentication_error"
+        no_version = await client.post(
+            "/v1/messages", json=self.BODY, headers={"x-api-key": "sk-ant-anything"}
+        )
+        assert no_version.status == 400 and "anthropic-version" in await no_version.text()
+        new = {**self.KEY, "anthropic-version": "2026-10-21"}
+        sampled = await client.post("/v1/messages", json={**self.BODY, "top_k": 5}, headers=new)
+        assert sampled.status == 400 and "top_k" in await sampled.text()
+
+    async def test_named_events_then_an_overloaded_error_mid_stream(
+        self, aiohttp_client, mock_server
+    ):
+        client = await aiohttp_client(mock_server)
+        body = {**self.BODY, "stream": True, "model": "mock?tokens=20&error_after=5"}
+        events = parse_all(
+            await (await client.post("/v1/messages", json=body, headers=self.KEY)).read()
+        )
+        names = [e.event for e in events]
+        assert names[:3] == ["message_start", "content_block_start", "ping"]
+        assert names[-1] == "error" and len(events) == 6
+        assert orjson.loads(events[-1].data)["error"]["type"] == "overloaded_error"
+
+    async def test_its_statuses_are_anthropics(self, aiohttp_client, mock_server):
+        client = await aiohttp_client(mock_server)
+        body = {**self.BODY, "model": "mock?status=529"}
+        resp = await client.post("/v1/messages", json=body, headers=self.KEY)
+        assert resp.status == 529
+        assert (await resp.json())["error"] == {"type": "overloaded_error", "message": "Overloaded"}

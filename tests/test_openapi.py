@@ -23,7 +23,16 @@ def _conversations(data: Path) -> set[str]:
 def server(tmp_path_factory):
     data = tmp_path_factory.mktemp("openapi") / "data"
     limits = ("--max-body", "65536", "--max-timeout", "120", "--log-level", "WARNING")
-    serve = ("serve", "--data", str(data), "--upstream-url", "mock", "--no-auth")
+    serve = (
+        "serve",
+        "--data",
+        str(data),
+        "--upstream-url",
+        "mock",
+        "--anthropic-url",
+        "mock",
+        "--no-auth",
+    )
     daemon = Daemon(*serve, *limits).start()
     yield daemon.url, data
     daemon.signal(signal.SIGTERM)

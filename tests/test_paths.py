@@ -114,4 +114,5 @@ class TestInfo:
             "POST /v1/async-chatgpt",
             "POST /v1/chat/completions",
             "POST /v1/responses",
+            "POST /v1/messages",
         ]

@@ -95,6 +95,31 @@ class TestResponses:
         with pytest.raises(openai.NotFoundError):
             await client.responses.create(model="mock", input="x", previous_response_id="resp_x")
 
+    async def test_the_id_read_from_the_stream_is_offloadds_everywhere(self, client, api):
+        """Clients (OpenAI's background recipe, the Vercel AI SDK, LangChain) take the id
+        from `response.created`: it must retrieve, resume, cancel and continue."""
+        raw = await client.responses.with_raw_response.create(
+            model="mock?tokens=4", input="hi", stream=True
+        )
+        own = raw.headers["X-Offloadd-Response-Id"]
+        events = [e async for e in raw.parse()]
+        ids = {e.response.id for e in events if hasattr(e, "response")}
+        assert ids == {own} and own.startswith("resp_2")
+        stream_url = raw.headers["X-Offloadd-Stream-Url"]
+        on_disk = (await api.stream(stream_url)).decode()
+        assert "resp_mock" not in on_disk and on_disk.count(own) == 3
+        retrieved = await client.responses.retrieve(events[0].response.id)
+        assert retrieved.id == own and retrieved.output_text == "t0 t1 t2 t3"
+        resumed = await client.responses.retrieve(own, stream=True, starting_after=0)
+        assert {e.response.id async for e in resumed if hasattr(e, "response")} == {own}
+        assert (await client.responses.cancel(own)).status == "completed"
+        second = await client.responses.create(
+            model="mock?tokens=2", input="again", previous_response_id=events[-1].response.id
+        )
+        assert second.previous_response_id == own
+        sent = (await api.upstream_requests())[-1]["body"]
+        assert [item.get("content") for item in sent["input"]][0] == "hi"
+
     async def test_upstream_errors_are_the_sdks_own(self, client):
         with pytest.raises(openai.RateLimitError):
             await client.responses.create(model="mock?status=429", input="x")

@@ -17,6 +17,8 @@ from yarl import URL
 from offloadd.protocol.sse import DONE, SSEParser
 
 RECONNECTS = 10
+CLAUDE = "claude-sonnet-4-5"  # `ask --api messages` without --model
+MESSAGES_EVENTS = ("message_start", "content_block_delta", "message_delta", "message_stop")
 EXIT_OK, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 130
 
 
@@ -41,6 +43,12 @@ class Printer:
         if not event.data.startswith(b"{"):
             return
         chunk = orjson.loads(event.data)
+        if event.event == "error" and isinstance(chunk.get("error"), dict):  # Anthropic's
+            self.final = _anthropic_end(chunk["error"])
+            return
+        if event.event in MESSAGES_EVENTS:
+            self._message_event(chunk)
+            return
         if event.event == "status" or "error" in chunk:  # the first release named its end
             self.final = chunk
             return
@@ -65,6 +73,15 @@ class Printer:
         if isinstance(usage, dict):
             self.usage = {"completion_tokens": usage.get("output_tokens")}
 
+    def _message_event(self, event: dict) -> None:
+        delta = event.get("delta") or {}
+        if event.get("type") == "content_block_delta" and delta.get("type") == "text_delta":
+            self.out.write(str(delta.get("text") or ""))
+            self.out.flush()
+            self.tokens += 1
+        if event.get("type") == "message_delta" and isinstance(event.get("usage"), dict):
+            self.usage = {"completion_tokens": event["usage"].get("output_tokens")}
+
     def summary(self) -> str:
         status = (self.final or {}).get("status", "unknown")
         tokens = (self.usage or {}).get("completion_tokens", self.tokens)
@@ -73,6 +90,13 @@ class Printer:
         if error:
             line += f" · {error['code']}: {error['message']}"
         return f"\n\033[2m[{line}]\033[0m" if self.tty else f"\n[{line}]"
+
+
+def _anthropic_end(error: dict) -> dict:
+    """How a Messages stream ended, from its named `error` (offloadd's code in `details`)."""
+    code = (error.get("details") or {}).get("error_code") or error.get("type")
+    status = "stopped" if code == "stopped" else "error"
+    return {"status": status, "error": {"code": code, "message": error.get("message")}}
 
 
 async def follow(
@@ -108,6 +132,7 @@ async def ask(
     openai_key: str | None,
     out: TextIO,
     api: str = "offloadgpt",
+    anthropic_key: str | None = None,
 ) -> int:
     """Create a request, print its answer as it streams; Ctrl-C stops it on the server."""
     headers = {}
@@ -115,9 +140,13 @@ async def ask(
         headers["X-API-Key"] = api_key
     if openai_key:
         headers["X-OpenAI-API-Key"] = openai_key
+    if anthropic_key:
+        headers["X-Anthropic-API-Key"] = anthropic_key
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(sock_connect=10)) as session:
         if api == "responses":
             answer, urls, token = await _create_response(session, server, body, headers)
+        elif api == "messages":
+            answer, urls, token = await _create_message(session, server, body, headers)
         else:
             answer, urls, token = await _create(session, server, body, headers)
         if answer is None:
@@ -155,9 +184,30 @@ async def _create_response(session, server: str, body: dict, headers: dict) -> t
         return answer, urls, r.headers.get("X-Offloadd-Bearer-Token")
 
 
+async def _create_message(session, server: str, body: dict, headers: dict) -> tuple:
+    """Anthropic's Messages API, streamed: the URLs come in the answer's headers, and the
+    answer is then read from the stream URL (leaving the POST leaves the request running)."""
+    turns = body.pop("messages")
+    system = [m["content"] for m in turns if m["role"] == "system"]
+    body = {
+        "model": CLAUDE,
+        "max_tokens": 1024,
+        **body,
+        "messages": [m for m in turns if m["role"] != "system"],
+    }
+    body = {**body, "stream": True, **({"system": system[0]} if system else {})}
+    async with session.post(f"{server.rstrip('/')}/v1/messages", json=body, headers=headers) as r:
+        if r.status != 200:
+            return _failed(await r.json(content_type=None))
+        urls = {"stream_events_url": r.headers["X-Offloadd-Stream-Url"]}
+        urls["stop_url"] = r.headers["X-Offloadd-Stop-Url"]
+        return {}, urls, r.headers.get("X-Offloadd-Bearer-Token")
+
+
 def _failed(answer: dict) -> tuple:
     error = answer.get("error") or {}
-    print(f"offloadd: {error.get('code')}: {error.get('message')}", file=sys.stderr)
+    code = error.get("code") or (error.get("details") or {}).get("error_code") or error.get("type")
+    print(f"offloadd: {code}: {error.get('message')}", file=sys.stderr)
     return None, {}, None
 
 

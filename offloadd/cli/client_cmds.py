@@ -25,10 +25,16 @@ import click
 )
 @click.option(
     "--api",
-    type=click.Choice(["offloadgpt", "responses"]),
+    type=click.Choice(["offloadgpt", "responses", "messages"]),
     default="offloadgpt",
     show_default=True,
-    help="Create with the original's endpoint, or OpenAI's Responses API (background).",
+    help="Create with the original's endpoint, OpenAI's Responses API (background), or "
+    "Anthropic's Messages API.",
+)
+@click.option(
+    "--anthropic-key",
+    envvar="ANTHROPIC_API_KEY",
+    help="Anthropic key, for --api messages (default: the server's own).",
 )
 def ask(
     question: str,
@@ -39,6 +45,7 @@ def ask(
     api_key: str | None,
     openai_key: str | None,
     api: str,
+    anthropic_key: str | None,
 ) -> None:
     """Ask a question and print the answer as it streams (Ctrl-C stops it)."""
     import asyncio
@@ -53,7 +60,9 @@ def ask(
     if private:
         body["access"] = "private"
     try:
-        code = asyncio.run(run_ask(server, body, api_key, openai_key, sys.stdout, api))
+        code = asyncio.run(
+            run_ask(server, body, api_key, openai_key, sys.stdout, api, anthropic_key)
+        )
     except aiohttp_errors() as e:
         raise click.ClickException(f"cannot reach {server}: {e}") from None
     sys.exit(code)

@@ -16,7 +16,7 @@ from aiohttp import web
 from offloadd.cli.client_cmds import ask, follow
 from offloadd.cli.keys import keys
 from offloadd.cli.options import DATA_OPTION, KEYS_OPTION
-from offloadd.config import MOCK, OPENAI_URL, Config
+from offloadd.config import ANTHROPIC_URL, MOCK, OPENAI_URL, Config
 from offloadd.mock.app import make_mock_app
 from offloadd.server.logs import setup
 
@@ -82,6 +82,18 @@ def main() -> None:
     "--upstream-key",
     envvar="OFFLOADD_UPSTREAM_KEY",
     help="The server's own upstream key, for requests that bring none.",
+)
+@click.option(
+    "--anthropic-url",
+    default=ANTHROPIC_URL,
+    show_default=True,
+    envvar="OFFLOADD_ANTHROPIC_URL",
+    help="Anthropic's base URL (no /v1) for POST /v1/messages, or `mock`.",
+)
+@click.option(
+    "--anthropic-key",
+    envvar=["OFFLOADD_ANTHROPIC_KEY", "ANTHROPIC_API_KEY"],
+    help="The server's own Anthropic key, for /v1/messages requests that bring none.",
 )
 @click.option(
     "--default-model",
@@ -231,6 +243,8 @@ def serve(**options) -> None:
         public_url=options["public_url"],
         upstream_url=options["upstream_url"],
         upstream_key=options["upstream_key"],
+        anthropic_url=options["anthropic_url"],
+        anthropic_key=options["anthropic_key"],
         default_model=options["default_model"],
         auth=not options["no_auth"],
         plans_file=options["plans_file"],
@@ -289,7 +303,9 @@ def _start_line(config: Config) -> str:
     workers = f" ({config.workers} workers)" if config.workers > 1 else ""
     return (
         f"offloadd listening on {place}{workers}, "
-        f"upstream: {describe_upstream(config)}, data: {config.data}"
+        f"upstream: {describe_upstream(config)}, "
+        f"Anthropic: {'the built-in mock' if config.anthropic_mock else config.anthropic_url}, "
+        f"data: {config.data}"
     )
 
 

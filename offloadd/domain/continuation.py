@@ -35,6 +35,9 @@ def earlier_location(url: str, own_base: str) -> Location:
 def answer_message(doc: StatusDocument) -> dict | None:
     """The earlier request's answer as an assistant message, if it produced one."""
     body = (doc.get("response") or {}).get("body") or {}
+    if body.get("type") == "message":  # Anthropic's: its content blocks, as they came
+        blocks = [b for b in body.get("content") or [] if isinstance(b, dict)]
+        return {"role": "assistant", "content": blocks} if blocks else None
     choices = body.get("choices") or []
     if not choices:
         return None

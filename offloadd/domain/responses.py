@@ -11,6 +11,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import orjson
+
 from offloadd.config import Config
 from offloadd.domain.status import StatusDocument
 from offloadd.domain.validate import OWN_FIELDS, ChatRequest, json_object, model_of, options_of
@@ -23,6 +25,17 @@ NOT_SENT = ("background", "previous_response_id")  # offloadd does these itself
 
 def response_id(loc: Location) -> str:
     return "resp_" + loc.stamp.replace("/", "") + loc.uuid.replace("-", "")
+
+
+def with_response_id(raw: bytes, event: dict, rid: str) -> tuple[bytes, dict]:
+    """The event with offloadd's id in its `response` object (`response.created` and the
+    other lifecycle events carry the upstream's): a client that reads the id from the
+    stream must be able to retrieve, cancel and continue by it. Other events are as sent."""
+    response = event.get("response")
+    if not isinstance(response, dict) or response.get("id") == rid:
+        return raw, event
+    event = {**event, "response": {**response, "id": rid}}
+    return orjson.dumps(event), event
 
 
 def location_of(rid: str, scope: str = "pub") -> Location | None:

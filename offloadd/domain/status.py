@@ -6,6 +6,7 @@ from typing import Any, NotRequired, TypedDict, cast
 
 import orjson
 
+from offloadd.domain.messages import usage_tokens
 from offloadd.storage.layout import Kind, Location, url_prefix
 from offloadd.storage.store import (
     TERMINAL as TERMINAL,
@@ -208,9 +209,12 @@ def tokens_used(doc: StatusDocument) -> tuple[int, bool]:
     total = usage.get("total_tokens") if isinstance(usage, dict) else None
     if isinstance(total, int) and not isinstance(total, bool) and total >= 0:
         return total, False  # a negative count would lift the key's budget: not trusted
+    if isinstance(usage, dict) and (counted := usage_tokens(usage)) is not None:
+        return counted  # Anthropic's: input from `message_start`, output from the end
     params = doc.get("parameters") or {}
     prompt = orjson.dumps(params.get("messages") or params.get("input") or "")
-    answer = orjson.dumps(body.get("choices") or body.get("output") or "") if body else b""
+    said = (body.get("choices") or body.get("output") or body.get("content")) if body else None
+    answer = orjson.dumps(said or "") if body else b""
     return -(-(len(prompt) + len(answer)) // 4), True
 
 

@@ -92,14 +92,15 @@ async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
     """The upstream's client session, and the in-process mock when `--upstream-url mock`."""
     config = app[CONFIG]
     mock_runner = None
-    url = config.upstream_url
-    if config.uses_mock:
+    url, anthropic_url = config.upstream_url, config.anthropic_url
+    if config.uses_mock or config.anthropic_mock:  # one mock speaks every API
         mock_runner = web.AppRunner(make_mock_app(), handler_cancellation=True, access_log=None)
         await mock_runner.setup()
         site = web.TCPSite(mock_runner, "127.0.0.1", 0)
         await site.start()
         port = mock_runner.addresses[0][1]
-        url = f"http://127.0.0.1:{port}/v1"
+        url = f"http://127.0.0.1:{port}/v1" if config.uses_mock else url
+        anthropic_url = f"http://127.0.0.1:{port}" if config.anthropic_mock else anthropic_url
     app[UPSTREAM_URL] = url
     connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
 
@@ -119,7 +120,13 @@ async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
         )
         runner = app[RUNNER] = Runner(
             app[STORE],
-            Upstream(session, url, config.upstream_retries, config.upstream_retry_max_wait),
+            Upstream(
+                session,
+                url,
+                config.upstream_retries,
+                config.upstream_retry_max_wait,
+                anthropic_url,
+            ),
             config,
             endings=Endings(app[STORE], config.retry_ms),
             webhooks=webhooks,

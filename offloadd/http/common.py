@@ -95,6 +95,36 @@ def upstream_key(request: web.Request, bearer_too: bool = False) -> str:
     return key
 
 
+ANTHROPIC_KEY = "X-Anthropic-API-Key"
+ANTHROPIC_HEADERS = ("anthropic-version", "anthropic-beta", "anthropic-workspace-id")
+
+
+def anthropic_key(request: web.Request) -> str:
+    """The Anthropic key: with auth off the SDK's own (`x-api-key`, or since SDK 2.0
+    `Authorization: Bearer`); with auth on those carry the offloadd key, so it comes from
+    `X-Anthropic-API-Key` (the SDK's `default_headers`) or the server's own."""
+    config, headers = request.app[CONFIG], request.headers
+    key = headers.get(ANTHROPIC_KEY)
+    bearer = headers.get("Authorization", "")
+    if not key and not config.auth:
+        key = headers.get("X-API-Key") or (
+            bearer[7:].strip() if bearer[:7].lower() == "bearer " else None
+        )
+    key = key or config.anthropic_key or (MOCK_KEY if config.anthropic_mock else None)
+    if not key:
+        raise Unauthorized(
+            f"send your Anthropic key in the `{ANTHROPIC_KEY}` header "
+            "(this server has no Anthropic key of its own)",
+            code="missing_anthropic_key",
+        )
+    return key
+
+
+def anthropic_headers(request: web.Request) -> dict:
+    """What the upstream needs of the caller's headers: its API version and betas."""
+    return {k: v for k in ANTHROPIC_HEADERS if (v := request.headers.get(k))}
+
+
 def api_key(request: web.Request) -> str:
     """The caller's offloadd key, from any header the original's clients may use."""
     headers = request.headers
@@ -138,12 +168,20 @@ class UpstreamFailed(ApiError):
 
     status = 502
     code = "upstream_error"
+    upstream_type: str | None = None  # Anthropic's own `error.type`, when it said one
 
 
 async def create_for_sdk(
-    request: web.Request, caller: str | None, body: bytes, chat: ChatRequest, dialect: Dialect
+    request: web.Request,
+    caller: str | None,
+    body: bytes,
+    chat: ChatRequest,
+    dialect: Dialect,
+    key: str | None = None,
+    upstream_headers: dict | None = None,
 ) -> tuple[Created, Location]:
-    """The offloaded request behind an OpenAI SDK call, and where it lives."""
+    """The offloaded request behind an SDK call (OpenAI's; Anthropic's with its `key` and
+    `upstream_headers`), and where it lives."""
     created = await request.app[CREATOR].create(
         NewRequest(
             kind=Kind.STREAM,
@@ -151,13 +189,14 @@ async def create_for_sdk(
             dialect=dialect,
             body=body,
             chat=chat,
-            upstream_key=upstream_key(request, bearer_too=True),
+            upstream_key=key or upstream_key(request, bearer_too=True),
             organization=request.headers.get("OpenAI-Organization")
             or request.headers.get("X-OpenAI-Organization"),
             base_url=public_base(request),
             caller=caller,
             created_at=time.time(),
             idempotency_key=request.headers.get("Idempotency-Key"),
+            upstream_headers=upstream_headers,
         )
     )
     found = parse_url(created.answer["endpoints"]["status_url"])
@@ -219,11 +258,17 @@ def failure(doc: StatusDocument, headers: dict) -> ApiError:
     """A request that ended in error or was stopped, as the SDK's exception."""
     error = doc.get("error") or {"code": "stopped", "message": STOPPED_MESSAGE}
     failed = UpstreamFailed(error["message"], code=error["code"])
+    failed.upstream_type = error.get("upstream_type")
     status = error.get("upstream_status")
     if error["code"] == "stopped" or doc["status"] == "stopped":
         failed.status = 409
     elif isinstance(status, int) and 400 <= status < 600:
         failed.status = status
+    elif failed.upstream_type == "overloaded_error":  # Anthropic's mid-stream `error`
+        failed.status = 529  # is its HTTP 529 when the call is not streamed
+    retry_after = error.get("retry_after")
+    if failed.status == 429 and isinstance(retry_after, int | float):
+        headers = {**headers, "Retry-After": str(round(retry_after))}
     failed.headers = headers
     return failed
 

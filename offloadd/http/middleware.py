@@ -7,6 +7,7 @@ import logging
 
 from aiohttp import web
 
+from offloadd.domain.dialects import MESSAGES_ENDPOINT
 from offloadd.errors import (
     ApiError,
     MethodNotAllowed,
@@ -15,17 +16,32 @@ from offloadd.errors import (
     error_body,
 )
 from offloadd.http.appkeys import CONFIG, STATIC
+from offloadd.protocol.wire import anthropic_error
 from offloadd.storage.layout import READ_PREFIXES
 from offloadd.storage.store import StorageError
 
 log = logging.getLogger("offloadd.web")
+ANTHROPIC_PATHS = (MESSAGES_ENDPOINT,)  # endpoints whose errors are in Anthropic's shape
 HTTP_CODES = {
     404: NotFound("no such endpoint or conversation"),
     405: MethodNotAllowed("this method is not allowed here"),
 }
 
 
-def error_response(status: int, code: str, message: str, headers: dict | None = None):
+def error_response(
+    status: int,
+    code: str,
+    message: str,
+    headers: dict | None = None,
+    request: web.Request | None = None,
+    kind: str | None = None,
+):
+    """The one error shape, in the words of the endpoint's API: Anthropic's on its Messages
+    endpoint (`{"type": "error", "error": {"type", "message"}}`, `kind` its own type), so
+    its SDKs raise their own classes; offloadd's everywhere else."""
+    if request is not None and request.path in ANTHROPIC_PATHS:
+        body = anthropic_error(code, message, status, kind)
+        return web.json_response(body, status=status, headers=headers)
     return web.json_response(error_body(code, message), status=status, headers=headers)
 
 
@@ -35,17 +51,19 @@ async def error_middleware(request: web.Request, handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except ApiError as e:
-        response = error_response(e.status, e.code, e.message, e.headers)
+        kind = getattr(e, "upstream_type", None)
+        response = error_response(e.status, e.code, e.message, e.headers, request, kind)
         if e.status == 408:  # the rest of a late body must not be read as the next request
             response.force_close()
         return response
     except StorageError as e:
         log.error("storage: %s", e)
-        return error_response(503, "storage_unavailable", f"the server cannot store data: {e}")
+        message = f"the server cannot store data: {e}"
+        return error_response(503, "storage_unavailable", message, None, request)
     except web.HTTPRequestEntityTooLarge:
         limit = request.app[CONFIG].max_body_bytes
         too_large = PayloadTooLarge(f"the body is larger than {limit} bytes")
-        return error_response(too_large.status, too_large.code, too_large.message)
+        return error_response(too_large.status, too_large.code, too_large.message, None, request)
     except web.HTTPException as e:
         if e.status < 400:
             raise
@@ -57,12 +75,15 @@ async def error_middleware(request: web.Request, handler) -> web.StreamResponse:
             code,
             message,
             {"Allow": e.headers.get("Allow", "")} if e.status == 405 else None,
+            request,
         )
     except (asyncio.CancelledError, ConnectionResetError):
         raise
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.rel_url.path)
-        return error_response(500, "internal_error", "the server failed; see its log")
+        return error_response(
+            500, "internal_error", "the server failed; see its log", None, request
+        )
 
 
 def _allowed_origin(request: web.Request, origins: tuple[str, ...]) -> str | None:
@@ -86,7 +107,8 @@ def cors_headers(request: web.Request) -> dict:
     headers = {
         "Access-Control-Allow-Origin": origin,
         "Access-Control-Expose-Headers": "X-RateLimit-Limit, X-RateLimit-Remaining, "
-        "X-RateLimit-Reset, Retry-After",
+        "X-RateLimit-Reset, Retry-After, X-Offloadd-Status-Url, X-Offloadd-Stream-Url, "
+        "X-Offloadd-Stop-Url, X-Offloadd-Bearer-Token, X-Offloadd-Conversation-Id",
     }
     if origin != "*":
         headers["Vary"] = "Origin"
@@ -110,6 +132,8 @@ async def preflight(request: web.Request) -> web.Response:
                 "Access-Control-Allow-Headers": "Authorization, Last-Event-ID, Content-Type"
                 + (
                     ", X-API-Key, X-RapidAPI-Key, X-OpenAI-API-Key, X-OpenAI-Organization"
+                    ", X-Anthropic-API-Key, anthropic-version, anthropic-beta, Idempotency-Key"
+                    ", anthropic-dangerous-direct-browser-access"
                     if not request.path.startswith(READ_PREFIXES)
                     else ""
                 ),

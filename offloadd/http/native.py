@@ -172,6 +172,7 @@ async def info(request: web.Request) -> web.Response:
         "auth": config.auth,
         "default_model": config.default_model,
         "upstream": "mock" if config.uses_mock else shown_url(request.app[UPSTREAM_URL]),
+        "anthropic_upstream": "mock" if config.anthropic_mock else shown_url(config.anthropic_url),
         "create": list(creates),  # from the route table
     }
     return web.json_response(body)

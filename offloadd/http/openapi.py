@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from offloadd import __version__
 from offloadd.config import Config
+from offloadd.domain.messages import messages_schema
 from offloadd.domain.validate import body_schema
 from offloadd.storage.layout import OPENAPI_PATH
 
@@ -169,6 +170,44 @@ def _chat_completions(config: Config) -> dict:
     }
 
 
+_ANTHROPIC_ERROR = {
+    "type": "object",
+    "required": ["type", "error"],
+    "properties": {
+        "type": {"const": "error"},
+        "error": {
+            "type": "object",
+            "required": ["type", "message"],
+            "properties": {"type": {"type": "string"}, "message": {"type": "string"}},
+        },
+    },
+}
+
+
+def _messages() -> dict:
+    """Anthropic's Messages API: its answers and errors are Anthropic's."""
+    errors = (400, 401, 403, 404, 405, 408, 409, 413, 415, 429, 500, 502, 503, 504, 529)
+    return {
+        "post": {
+            "summary": "Anthropic Messages API, offloaded (`stream` true or false)",
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": messages_schema()}},
+            },
+            "responses": {
+                "200": {
+                    "description": "the `message`, or its event stream (named events)",
+                    "content": {
+                        "application/json": {"schema": {"type": "object"}},
+                        "text/event-stream": {"schema": {}},
+                    },
+                },
+                **{str(c): _json(_ANTHROPIC_ERROR, "Anthropic's error") for c in errors},
+            },
+        }
+    }
+
+
 _RESPONSE_ID = [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}]
 _RESPONSE = {"type": "object", "required": ["id", "object", "status"]}
 
@@ -265,6 +304,7 @@ def document(config: Config) -> dict:
             "/v1/stream-chatgpt": _create("Create a request to follow as an event stream", config),
             "/v1/async-chatgpt": _create("Create a request to poll", config),
             "/v1/chat/completions": _chat_completions(config),
+            "/v1/messages": _messages(),
             **_responses(),
             f"{_BASE}.json": {
                 "get": {

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from offloadd.errors import ApiError
+from offloadd.http.anthropic.messages import create_message
 from offloadd.http.appkeys import CREATE_ENDPOINTS, METRICS
 from offloadd.http.middleware import preflight
 from offloadd.http.native import (
@@ -55,6 +56,7 @@ ROUTES = (
     Route("POST", "/v1/async-chatgpt", create, create=True),
     Route("POST", "/v1/chat/completions", chat_completions, create=True),
     Route("POST", "/v1/responses", create_response, create=True),
+    Route("POST", "/v1/messages", create_message, create=True),
     Route("GET", "/v1/responses/{id}", retrieve_response, cors=True),
     Route("POST", "/v1/responses/{id}/cancel", cancel_response, cors=True),
     Route("GET", f"{ROUTE}.json", status, cors=True),

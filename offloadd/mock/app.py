@@ -1,5 +1,6 @@
-"""The mock upstream as an aiohttp app: both APIs, the model list, and `/_mock/requests`
-(what it received, for tests and benchmarks to inspect)."""
+"""The mock upstream as an aiohttp app: OpenAI's two APIs and Anthropic's Messages API,
+the model list, and `/_mock/requests` (what it received, for tests and benchmarks to
+inspect)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from aiohttp import web
 
 from offloadd.mock.chat import completions
 from offloadd.mock.common import SEEN, dumps
+from offloadd.mock.messages import messages
 from offloadd.mock.responses import responses
 
 MODELS = ("mock", "gpt-3.5-turbo", "gpt-4o-mini")
@@ -21,6 +23,7 @@ def make_mock_app() -> web.Application:
     app[SEEN] = []
     app.router.add_post("/v1/chat/completions", completions)
     app.router.add_post("/v1/responses", responses)
+    app.router.add_post("/v1/messages", messages)  # Anthropic's: its base URL has no /v1
     app.router.add_get("/v1/models", _models)
     app.router.add_get("/_mock/requests", _requests)
     app.router.add_delete("/_mock/requests", _clear)

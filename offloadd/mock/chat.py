@@ -1,6 +1,7 @@
-"""A stand-in for OpenAI's Chat Completions and Responses APIs (SPEC §8), for tests,
-benchmarks and a first try: here Chat Completions; the Responses API is in `responses.py`,
-what both share in `common.py`, the app in `app.py`.
+"""A stand-in for OpenAI's Chat Completions and Responses APIs (SPEC §8) and Anthropic's
+Messages API, for tests, benchmarks and a first try: here Chat Completions; the Responses
+API is in `responses.py`, the Messages API (and its switches) in `messages.py`, what they
+share in `common.py`, the app in `app.py`.
 
 It is an external server as far as offloadd is concerned: it imports nothing of
 offloadd's server modules, and offloadd reaches it over HTTP like any upstream.

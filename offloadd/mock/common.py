@@ -1,12 +1,14 @@
-"""What both APIs of the mock share: the requests it saw, the switches its model name
+"""What the APIs of the mock share: the requests it saw, the switches its model name
 carries (`mock?tokens=500&delay_ms=20&stall_after=7`), taking a request in, refusing one
-as OpenAI would, and when to misbehave."""
+as OpenAI would (Anthropic's refusals are `messages.py`'s), and when to misbehave."""
 
 from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 from urllib.parse import parse_qsl
 
 import orjson
@@ -38,6 +40,7 @@ class Seen:
     client_closed: bool = False
     closed_at: float | None = None
     peer_port: int | None = None  # the caller's side of the connection: reused or new
+    headers: dict = field(default_factory=dict)  # Messages API: the anthropic-* it was sent
 
 
 SEEN = web.AppKey("seen", list)
@@ -54,6 +57,7 @@ class Behaviour:
     garbage_after: int | None = None
     wait_ms: float = 0.0  # once, before the first chunk (lets benchmark readers connect first)
     retry_after: int = 1
+    error_after: int | None = None  # Messages API: a mid-stream `event: error` (overloaded)
 
     @classmethod
     def from_model(cls, model: str) -> Behaviour:
@@ -74,16 +78,32 @@ def dumps(obj: object) -> str:
     return orjson.dumps(obj).decode()
 
 
-async def intake(request: web.Request) -> tuple[Seen, Behaviour] | web.Response:
-    """What both APIs of the mock do first: read and record the request, refuse it as
-    OpenAI would (bad JSON, no key) or as its model asks (`mock?status=429`)."""
-    auth = request.headers.get("Authorization", "")
+class Refuse(Protocol):
+    """How an API of the mock answers an error: its status, message, and `retry-after`."""
+
+    def __call__(
+        self, status: int, message: str = "", retry_after: int = 1, key: str = ""
+    ) -> web.Response: ...
+
+
+def bearer(request: web.Request) -> str:
+    return request.headers.get("Authorization", "").removeprefix("Bearer ")
+
+
+async def intake(
+    request: web.Request, refuse: Refuse | None = None, key_of: Callable = bearer
+) -> tuple[Seen, Behaviour] | web.Response:
+    """What every API of the mock does first: read and record the request, refuse it as
+    the API would (bad JSON, no key: `refuse`, OpenAI's by default) or as its model asks
+    (`mock?status=429`). `key_of` finds the caller's key (OpenAI's: a Bearer)."""
+    refuse = refuse or _error
+    auth = key_of(request)
     try:
         body = orjson.loads(await request.read())
     except orjson.JSONDecodeError:
-        return _error(400, "We could not parse the JSON body of your request.")
+        return refuse(400, "We could not parse the JSON body of your request.")
     if not isinstance(body, dict):
-        return _error(400, "The body must be a JSON object.")
+        return refuse(400, "The body must be a JSON object.")
     model = str(body.get("model") or "mock")
     entry = Seen(model, bool(auth), bool(body.get("stream")), body)
     peer = request.transport.get_extra_info("peername") if request.transport else None
@@ -91,10 +111,9 @@ async def intake(request: web.Request) -> tuple[Seen, Behaviour] | web.Response:
     request.app[SEEN].append(entry)
     behaviour = Behaviour.from_model(model)
     if not auth:
-        return _error(401, "You didn't provide an API key.")
+        return refuse(401, "You didn't provide an API key.")
     if behaviour.status:
-        key = auth.removeprefix("Bearer ")
-        return _error(behaviour.status, retry_after=behaviour.retry_after, key=key)
+        return refuse(behaviour.status, retry_after=behaviour.retry_after, key=auth)
     return entry, behaviour
 
 

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from offloadd.config import Config
 from offloadd.domain.access import allows, authorization, new_token, private_fields
 from offloadd.domain.continuation import continued_messages, earlier_location
-from offloadd.domain.dialects import CHAT, RESPONSES, RESPONSES_ENDPOINT
+from offloadd.domain.dialects import CHAT, RESPONSES, RESPONSES_ENDPOINT, dialect_of
 from offloadd.domain.idempotency import Idempotency, with_token
 from offloadd.domain.responses import continued_input, location_of
 from offloadd.domain.status import TERMINAL, StatusDocument, create_answer, new_document
@@ -42,6 +42,7 @@ class NewRequest:
     idempotency_key: str | None = None
     endpoint: str | None = None  # when not the kind's own (the OpenAI-compatible API)
     dialect: Dialect = CHAT
+    upstream_headers: dict | None = None  # sent upstream as they are (Anthropic's version)
 
     @property
     def route(self) -> str:
@@ -120,6 +121,12 @@ class Creator:
                 "the conversation at `from_status_url` is still running; continue it once it ends",
                 code="from_status_not_finished",
             )
+        if dialect_of(doc).upstream != new.dialect.upstream:  # OpenAI's turns or Anthropic's
+            raise BadRequest(
+                "the conversation at `from_status_url` was held with another API; continue "
+                "it on its own endpoint",
+                code="from_status_other_api",
+            )
         return doc
 
     async def _previous(self, new: NewRequest) -> StatusDocument:
@@ -173,7 +180,12 @@ class Creator:
         if webhook:
             doc["webhook"] = {"url": shown_url(webhook), "status": "pending", "attempts": 0}
         call = Call(
-            parameters, new.upstream_key, new.organization, options.connect_timeout, new.dialect
+            parameters,
+            new.upstream_key,
+            new.organization,
+            options.connect_timeout,
+            new.dialect,
+            dict(new.upstream_headers or {}),
         )
         usage_added = new.chat.usage_added  # the files (both, or neither) and the task:
         await self.runner.start(loc, doc, call, usage_added, options.timeout, webhook, charge)

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from offloadd.domain.dialects import dialect_of
 from offloadd.domain.status import StatusDocument, concluded
 from offloadd.protocol.wire import Assembly
 from offloadd.storage.layout import Location
@@ -63,7 +64,7 @@ class Endings:
             body, status = None, "error"
             error = error_of("internal_error", "offloadd could not assemble the answer")
         concluded(doc, status, error, body, events_after_end(last_id, status), time.time())
-        return ending(last_id, status, error, self.retry_ms)
+        return ending(last_id, status, error, self.retry_ms, dialect_of(doc))
 
     def write(
         self,

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from offloadd.config import Config
-from offloadd.domain.dialects import for_endpoint
+from offloadd.domain.dialects import dialect_of
 from offloadd.domain.status import TERMINAL, stored
 from offloadd.requests.endings import Endings, error_of
 from offloadd.storage.layout import Location
@@ -88,13 +88,14 @@ class Housekeeping:
             return False
         fd = self.store.open_stream(loc)
         try:
-            dialect = for_endpoint((doc.get("request") or {}).get("endpoint"))
+            dialect = dialect_of(doc)
             found = recover(self.store.txt_path(loc), dialect.assembly())
             if found.ended:
                 return False  # it ended; only its marker was left behind
             endings = self.endings
             if doc["status"] in TERMINAL:  # died between the two final writes
-                end_bytes = ending(found.last_id, doc["status"], doc.get("error"), endings.retry_ms)
+                error = doc.get("error")
+                end_bytes = ending(found.last_id, doc["status"], error, endings.retry_ms, dialect)
             elif loc.uuid in self.registry.stop_requests():
                 end_bytes = endings.finalize(doc, found.completion, found.last_id, "stopped", None)
             else:

@@ -21,6 +21,7 @@ from typing import Protocol
 import aiofiles
 import orjson
 
+from offloadd.domain.dialects import dialect_of
 from offloadd.domain.status import TERMINAL
 from offloadd.metrics import Metrics
 from offloadd.protocol.sse import KEEPALIVE
@@ -285,7 +286,8 @@ class Hub:
         try:
             doc = await _final_document(tail.path)
             if doc is not None and not tail.done:
-                tail.abandon(await abandoned_end(tail.path, doc, self.retry_ms))
+                end = await abandoned_end(tail.path, doc, self.retry_ms, dialect_of(doc))
+                tail.abandon(end)
         except Exception:  # the readers go on with keep-alives; the next idle period retries
             log.exception("%s: could not tell whether it was abandoned", tail.path.name)
         finally:

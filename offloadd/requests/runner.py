@@ -18,22 +18,22 @@ from pathlib import Path
 import orjson
 
 from offloadd.config import Config
+from offloadd.domain.dialects import RESPONSES
+from offloadd.domain.responses import response_id, with_response_id
 from offloadd.domain.status import (
     TERMINAL,
     StatusDocument,
     answered,
     processing,
     progressed,
-    public_view,
     stored,
-    tokens_used,
-    webhook_outcome,
     with_body,
 )
 from offloadd.domain.webhooks import Webhooks
 from offloadd.keys.base import Charge, KeyStore
 from offloadd.metrics import Metrics
 from offloadd.protocol.wire import Assembly, Dialect
+from offloadd.requests.aftermath import Aftermath
 from offloadd.requests.endings import Endings, error_of
 from offloadd.storage.layout import Location
 from offloadd.storage.registry import Registry
@@ -66,6 +66,7 @@ class Run:
     ending: bool = False
     cancelled: bool = False  # its task was cancelled once (a stop, a disconnect, shutdown)
     released: bool = False  # its run marker is gone
+    own_id: str | None = None  # a Responses API answer: offloadd's id, in every event
 
     def __post_init__(self) -> None:
         self.completion = self.dialect.assembly()
@@ -87,10 +88,9 @@ class Runner:
     ):
         self.store, self.upstream, self.config, self.endings = store, upstream, config, endings
         self.webhooks, self.registry, self.metrics = webhooks, registry, metrics
-        self.keys = keys
+        self.aftermath = Aftermath(store, webhooks, keys)
         self.on_append: Callable[[Path], None] = lambda path: None
         self.runs: dict[str, Run] = {}
-        self.deliveries: set[asyncio.Task] = set()
         self.closing = False
 
     @property
@@ -128,6 +128,7 @@ class Runner:
         run = Run(loc, doc, fd, usage_added, timeout, call.dialect)
         run.webhook_url, run.charge = webhook_url, charge
         run.path = self.store.txt_path(loc)
+        run.own_id = response_id(loc) if call.dialect is RESPONSES else None
         self.runs[loc.uuid] = run
         run.task = asyncio.create_task(self._run(run, call), name=f"offloadd-run-{loc.uuid}")
 
@@ -234,10 +235,7 @@ class Runner:
                     self.cancel(uuid, "shutdown")
             if pending:
                 await asyncio.wait(pending, timeout=5)
-        for task in self.deliveries:  # pending retries are given up on shutdown
-            task.cancel()
-        if self.deliveries:
-            await asyncio.wait(self.deliveries, timeout=5)
+        await self.aftermath.close()
 
     async def _run(self, run: Run, call: Call) -> None:
         """Call the upstream, then end the request exactly once. The ending runs in a task
@@ -295,49 +293,14 @@ class Runner:
             self.runs.pop(run.loc.uuid, None)
             if not run.released:
                 self.registry.release(run.loc)
-            if run.webhook_url:
-                self._deliver(run, run.webhook_url)
-            if run.charge is not None and self.keys is not None:
-                self._count_tokens(run.charge, run.doc)
-
-    def _count_tokens(self, charge: Charge, doc: StatusDocument) -> None:
-        """Count the tokens the request used against its key's budget, in a task."""
-        keys = self.keys
-        assert keys is not None
-        tokens, estimated = tokens_used(doc)
-
-        async def count() -> None:
-            try:
-                await keys.add_tokens(charge, tokens, estimated)
-            except Exception:
-                log.exception(
-                    "request %s: its tokens could not be counted", doc.get("conversation_id")
-                )
-
-        task = asyncio.create_task(count(), name="offloadd-tokens")
-        self.deliveries.add(task)
-        task.add_done_callback(self.deliveries.discard)
-
-    def _deliver(self, run: Run, url: str) -> None:
-        """Post the final document to the request's webhook, in a task of its own."""
-
-        def record(outcome: dict) -> None:
-            webhook_outcome(run.doc, outcome)
-            try:
-                self.store.write_status(run.loc, run.doc)
-            except StorageError as e:
-                log.error("request %s: webhook outcome not saved: %s", run.loc.rel, e)
-
-        task = asyncio.create_task(
-            self.webhooks.deliver(url, public_view(run.doc), record),
-            name=f"offloadd-webhook-{run.loc.uuid}",
-        )
-        self.deliveries.add(task)
-        task.add_done_callback(self.deliveries.discard)
+            self.aftermath.after(run.loc, run.doc, run.webhook_url, run.charge)
 
     def _chunk(self, run: Run, raw: bytes, chunk: dict) -> None:
         """Write one upstream chunk to the stream, verbatim, and fold it into the document
-        (a usage chunk offloadd asked for on the caller's behalf goes to the document only)."""
+        (a usage chunk offloadd asked for on the caller's behalf goes to the document only;
+        a Responses API event carries offloadd's response id, not the upstream's)."""
+        if run.own_id is not None:
+            raw, chunk = with_response_id(raw, chunk, run.own_id)
         run.completion.add(chunk)
         if not is_forced_usage(chunk, run.usage_added):
             run.event_id += 1

@@ -13,7 +13,11 @@ reader, not only browsers (see docs/stream-format.md):
 - the end: a request that ended `done` ends with `data: [DONE]` alone, as OpenAI's own
   stream does; one that ended `error` or `stopped` first has one unnamed event
   `{"status": …, "error": {"code", "message", …}}`, which the SDK raises as `APIError`
-  and the original's demo client skips (it has no `choices`).
+  and the original's demo client skips (it has no `choices`);
+- a Messages stream (Anthropic's) keeps the upstream's event names (`event: message_start`,
+  …), and its failed ending is one named `event: error` in Anthropic's shape
+  (`{"type": "error", "error": {"type", "message", "details": {"error_code"}}}`), which
+  Anthropic's SDKs raise (they skip unnamed events), then `[DONE]`, which they skip.
 
 Transcripts of the first release (a lone `retry:` record first, `event: usage`,
 `event: status` before `[DONE]`) are still served, resumed and recovered: readers only
@@ -32,7 +36,7 @@ import aiofiles
 import orjson
 
 from offloadd.protocol.sse import DONE, Event, SSEParser, encode_event
-from offloadd.protocol.wire import Assembly
+from offloadd.protocol.wire import Assembly, Dialect
 
 END = b"data: [DONE]\n\n"  # every finished transcript ends with these bytes
 READ = 64 * 1024  # bytes read from disk at a time when scanning
@@ -50,14 +54,21 @@ def is_forced_usage(chunk: dict, usage_added: bool) -> bool:
     return usage_added and not chunk.get("choices") and chunk.get("usage") is not None
 
 
-def ending(last_id: int, status: str, error: dict | None, retry_ms: int) -> bytes:
-    """The records that end a stream whose last event was `last_id`."""
+def ending(
+    last_id: int, status: str, error: dict | None, retry_ms: int, dialect: Dialect | None = None
+) -> bytes:
+    """The records that end a stream whose last event was `last_id` (why it failed in the
+    `dialect`'s words: Anthropic's named `error` for a Messages stream)."""
     records = []
     if status != "done":
         why = error or {"code": "stopped", "message": STOPPED_MESSAGE, "upstream_status": None}
         last_id += 1
-        body = orjson.dumps({"status": status, "error": why})
-        records.append(encode_event(last_id, body, retry=retry_ms if last_id == 1 else None))
+        name, said = (
+            dialect.ending(status, why) if dialect else (None, {"status": status, "error": why})
+        )
+        body = orjson.dumps(said)
+        retry = retry_ms if last_id == 1 else None
+        records.append(encode_event(last_id, body, name, retry=retry))
     last_id += 1
     records.append(encode_event(last_id, DONE, retry=retry_ms if last_id == 1 else None))
     return b"".join(records)
@@ -162,8 +173,10 @@ def record_id(record: bytes) -> int | None:
     return None
 
 
-async def abandoned_end(path: Path, doc: dict, retry_ms: int) -> bytes:
+async def abandoned_end(
+    path: Path, doc: dict, retry_ms: int, dialect: Dialect | None = None
+) -> bytes:
     """The end of a stream whose status document is final but whose `.txt` never got its
     end (its disk was full, say): readers still learn that it is over, and why."""
     last = (await resume_offset(path, 2**63)).highest
-    return ending(last, doc["status"], doc.get("error"), retry_ms)
+    return ending(last, doc["status"], doc.get("error"), retry_ms, dialect)

@@ -1,5 +1,5 @@
 """The model call: one streaming request to an OpenAI-compatible endpoint, in the call's
-dialect (Chat Completions or the Responses API).
+dialect (Chat Completions or the Responses API), or to Anthropic's Messages API.
 
 Turns every way the upstream can fail into an `UpstreamError` with a code, so a
 conversation always ends with a reason. The caller's key is used for the call
@@ -11,17 +11,27 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import aiohttp
 import orjson
 
+from offloadd.config import ANTHROPIC_URL
 from offloadd.protocol.sse import DONE, SSEParser
 from offloadd.protocol.wire import Dialect
 
-KEPT_HEADERS = ("x-request-id", "openai-processing-ms", "openai-version", "openai-model")
+KEPT_HEADERS = (
+    "x-request-id",
+    "openai-processing-ms",
+    "openai-version",
+    "openai-model",
+    "request-id",
+    "retry-after",
+)
+KEPT_PREFIXES = ("x-ratelimit-", "anthropic-ratelimit-")
+ANTHROPIC_VERSION = "2023-06-01"  # for callers that send none (the API requires one)
 KEY_LIKE = re.compile(r"sk-[A-Za-z0-9_\-*.]{6,}")
-RETRYABLE = {408, 409, 429, 500, 502, 503, 504}
+RETRYABLE = {408, 409, 429, 500, 502, 503, 504, 529}
 KEEP_WAIT, KEEP_MAX = 0.5, 64 * 1024  # for the bytes after the last event (see _keep_connection)
 
 
@@ -35,13 +45,20 @@ class UpstreamError(Exception):
         status: int | None = None,
         retry_after: float | None = None,
         retryable: bool = False,
+        upstream_type: str | None = None,
     ):
         super().__init__(message)
         self.code, self.message, self.status = code, message, status
         self.retry_after, self.retryable = retry_after, retryable
+        self.upstream_type = upstream_type  # Anthropic's `error.type` (`overloaded_error`…)
 
     def as_dict(self) -> dict:
-        return {"code": self.code, "message": self.message, "upstream_status": self.status}
+        out: dict = {"code": self.code, "message": self.message, "upstream_status": self.status}
+        if self.upstream_type:
+            out["upstream_type"] = self.upstream_type
+        if self.retry_after is not None and self.status == 429:
+            out["retry_after"] = self.retry_after  # for an answer that mirrors the 429
+        return out
 
 
 @dataclass(frozen=True)
@@ -53,6 +70,7 @@ class Call:
     organization: str | None
     connect_timeout: float
     dialect: Dialect
+    headers: dict = field(default_factory=dict)  # Anthropic's version and betas (no secret)
 
     def scrub(self, text: str) -> str:
         """Remove the key (and anything shaped like one) from text the upstream sent back."""
@@ -78,10 +96,16 @@ class Upstream:
     """Talks to one OpenAI-compatible base URL through one shared client session."""
 
     def __init__(
-        self, session: aiohttp.ClientSession, base_url: str, retries: int, max_wait: float
+        self,
+        session: aiohttp.ClientSession,
+        base_url: str,
+        retries: int,
+        max_wait: float,
+        anthropic_url: str = ANTHROPIC_URL,
     ):
         self.session = session
         self.base_url = base_url.rstrip("/")
+        self.anthropic_url = anthropic_url.rstrip("/")
         self.retries, self.max_wait = retries, max_wait
 
     async def open(self, call: Call) -> Reply:
@@ -99,16 +123,27 @@ class Upstream:
                 attempt += 1
                 await asyncio.sleep(wait)
 
-    async def _open_once(self, call: Call) -> Reply:
-        headers = {"Authorization": f"Bearer {call.key}", "Accept": "text/event-stream"}
+    def _target(self, call: Call) -> tuple[str, dict]:
+        """The URL and headers: Anthropic's take the key in `x-api-key` (every version of
+        its API does) with the caller's `anthropic-version` and betas; OpenAI's a Bearer."""
+        headers = {"Accept": "text/event-stream"}
+        if call.dialect.upstream == "anthropic":
+            headers.update({"anthropic-version": ANTHROPIC_VERSION, **call.headers})
+            headers["x-api-key"] = call.key
+            return self.anthropic_url + call.dialect.path, headers
+        headers["Authorization"] = f"Bearer {call.key}"
         if call.organization:
             headers["OpenAI-Organization"] = call.organization
+        return self.base_url + call.dialect.path, headers
+
+    async def _open_once(self, call: Call) -> Reply:
+        url, headers = self._target(call)
         timeout = aiohttp.ClientTimeout(
             total=None, connect=call.connect_timeout, sock_connect=call.connect_timeout
         )
         try:
             resp = await self.session.post(
-                self.base_url + call.dialect.path,
+                url,
                 data=orjson.dumps(call.parameters),
                 headers={**headers, "Content-Type": "application/json"},
                 timeout=timeout,
@@ -160,7 +195,8 @@ class Upstream:
             else:  # a stop closes the connection: the model stops generating, and billing
                 reply.response.close()
         raise UpstreamError(
-            "upstream_disconnected", "the upstream closed the stream before `[DONE]`"
+            "upstream_disconnected",
+            f"the upstream closed the stream before {call.dialect.end}",
         )
 
 
@@ -217,7 +253,9 @@ def _error_from_body(body: dict, status: int | None, call: Call) -> UpstreamErro
     if not isinstance(error, dict):
         error = {"message": str(error)} if error else {}
     message = error.get("message") or f"the upstream answered HTTP {status}"
-    return UpstreamError(_code(status), call.scrub(str(message)), status)
+    kind = error.get("type") if call.dialect.upstream == "anthropic" else None
+    kind = call.scrub(kind)[:64] if isinstance(kind, str) and kind.isprintable() else None
+    return UpstreamError(_code(status), call.scrub(str(message)), status, upstream_type=kind)
 
 
 def _code(status: int | None) -> str:
@@ -245,5 +283,5 @@ def kept_headers(headers, call: Call) -> dict:
     return {
         k.lower(): call.scrub(v)[:200]
         for k, v in headers.items()
-        if k.lower() in KEPT_HEADERS or k.lower().startswith("x-ratelimit-")
+        if k.lower() in KEPT_HEADERS or k.lower().startswith(KEPT_PREFIXES)
     }

@@ -1,0 +1,1 @@
+"""Anthropic-shaped endpoints: the Messages API."""
