@@ -25,7 +25,7 @@ connection is seen. After every run of the machine:
   call belongs to no conversation, and the key's charges equal the conversations made;
 - a reader that stopped reading costs the daemon no more than its bounded send buffer,
   whatever endpoint serves the stream;
-- neither daemon logged "Bad file descriptor" or "Traceback" (nor the mock the former), and
+- neither daemon nor the mock upstream logged "Bad file descriptor" or "Traceback", and
   both still answer `/healthz` with 200 (checked after every step too).
 """
 

@@ -17,7 +17,7 @@ import uuid
 import orjson
 from aiohttp import web
 
-from offloadd.mock.common import Behaviour, Seen, dumps, fault_at, intake
+from offloadd.mock.common import Behaviour, Seen, dumps, fault_at, intake, streamed
 
 
 async def completions(request: web.Request) -> web.StreamResponse:
@@ -30,12 +30,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
     if not body.get("stream"):
         entry.finished = True
         return web.json_response(_completion(model, words), dumps=dumps)
-    try:
-        return await _stream(request, entry, behaviour, words)
-    except (asyncio.CancelledError, ConnectionResetError):
-        entry.client_closed = not entry.finished
-        entry.closed_at = time.time()
-        raise
+    return await streamed(entry, _stream(request, entry, behaviour, words))
 
 
 def _tokens(body: dict, behaviour: Behaviour) -> list[str]:

@@ -4,9 +4,10 @@ as OpenAI would (Anthropic's refusals are `messages.py`'s), and when to misbehav
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 from urllib.parse import parse_qsl
@@ -137,3 +138,17 @@ def fault_at(behaviour: Behaviour, sent: int) -> str | None:
         if after is not None and sent == after:
             return name
     return None
+
+
+async def streamed(entry: Seen, stream: Awaitable[web.StreamResponse]) -> web.StreamResponse:
+    """A streamed answer, and whether its client left before it ended. A client that left
+    (offloadd stops by closing its connection) is what a stream expects, not an error: a
+    reset is answered with nothing, rather than left for aiohttp to log as a traceback."""
+    try:
+        return await stream
+    except (asyncio.CancelledError, ConnectionResetError) as e:
+        entry.client_closed = not entry.finished
+        entry.closed_at = time.time()
+        if isinstance(e, asyncio.CancelledError):
+            raise
+        return web.Response()

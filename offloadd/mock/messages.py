@@ -26,7 +26,7 @@ import uuid
 import orjson
 from aiohttp import web
 
-from offloadd.mock.common import Behaviour, Seen, dumps, fault_at, intake
+from offloadd.mock.common import Behaviour, Seen, dumps, fault_at, intake, streamed
 
 ERRORS = {
     400: ("invalid_request_error", "Invalid request."),
@@ -77,12 +77,7 @@ async def messages(request: web.Request) -> web.StreamResponse:
     if not entry.body.get("stream"):
         entry.finished = True
         return web.json_response(_assembled(events), dumps=dumps)
-    try:
-        return await _stream(request, entry, behaviour, events)
-    except (asyncio.CancelledError, ConnectionResetError):
-        entry.client_closed = not entry.finished
-        entry.closed_at = time.time()
-        raise
+    return await streamed(entry, _stream(request, entry, behaviour, events))
 
 
 def _words(body: dict, behaviour: Behaviour) -> list[str]:

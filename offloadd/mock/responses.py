@@ -11,7 +11,7 @@ import uuid
 import orjson
 from aiohttp import web
 
-from offloadd.mock.common import Behaviour, Seen, dumps, fault_at, intake
+from offloadd.mock.common import Behaviour, Seen, dumps, fault_at, intake, streamed
 
 
 def _words(body: dict, behaviour: Behaviour) -> list[str]:
@@ -62,12 +62,7 @@ async def responses(request: web.Request) -> web.StreamResponse:
         entry.finished = True
         message = _message(mid, " ".join(words), "completed")
         return web.json_response(_response(rid, model, "completed", [message], words), dumps=dumps)
-    try:
-        return await _stream(request, entry, behaviour, words, rid, mid)
-    except (asyncio.CancelledError, ConnectionResetError):
-        entry.client_closed = not entry.finished
-        entry.closed_at = time.time()
-        raise
+    return await streamed(entry, _stream(request, entry, behaviour, words, rid, mid))
 
 
 def _events(rid: str, mid: str, model: str, words: list[str]) -> list[dict | str]:
