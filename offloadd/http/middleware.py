@@ -15,8 +15,11 @@ from offloadd.errors import (
     error_body,
 )
 from offloadd.http.appkeys import CONFIG, STATIC
-from offloadd.storage.layout import READ_PREFIXES
+from offloadd.protocol import durable
+from offloadd.storage.layout import READ_PREFIXES, STREAMS_PREFIX
 from offloadd.storage.store import StorageError
+
+CORS_READ_PREFIXES = (*READ_PREFIXES, STREAMS_PREFIX)  # any origin may read (--cors-origins)
 
 log = logging.getLogger("offloadd.web")
 HTTP_CODES = {
@@ -26,6 +29,8 @@ HTTP_CODES = {
 
 
 def error_response(status: int, code: str, message: str, headers: dict | None = None):
+    # nosniff on every error: browsers must not read a JSON error as anything else (§12.7)
+    headers = {"X-Content-Type-Options": "nosniff", **(headers or {})}
     return web.json_response(error_body(code, message), status=status, headers=headers)
 
 
@@ -77,7 +82,7 @@ def _allowed_origin(request: web.Request, origins: tuple[str, ...]) -> str | Non
 def cors_headers(request: web.Request) -> dict:
     """CORS for reading URLs (default any origin); for create only when configured."""
     config = request.app[CONFIG]
-    reading = request.path.startswith(READ_PREFIXES)
+    reading = request.path.startswith(CORS_READ_PREFIXES)
     origin = _allowed_origin(
         request, config.cors_origins if reading else config.create_cors_origins
     )
@@ -86,7 +91,7 @@ def cors_headers(request: web.Request) -> dict:
     headers = {
         "Access-Control-Allow-Origin": origin,
         "Access-Control-Expose-Headers": "X-RateLimit-Limit, X-RateLimit-Remaining, "
-        "X-RateLimit-Reset, Retry-After",
+        "X-RateLimit-Reset, Retry-After" + (f", {durable.RESPONSE_HEADERS}" if reading else ""),
     }
     if origin != "*":
         headers["Vary"] = "Origin"
@@ -111,7 +116,7 @@ async def preflight(request: web.Request) -> web.Response:
                 + (
                     ", X-API-Key, X-RapidAPI-Key, X-OpenAI-API-Key, X-OpenAI-Organization"
                     if not request.path.startswith(READ_PREFIXES)
-                    else ""
+                    else ", If-None-Match"
                 ),
                 "Access-Control-Max-Age": "86400",
             }
