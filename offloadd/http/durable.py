@@ -136,6 +136,7 @@ async def _long_poll(request: web.Request, source: Source, pos: int) -> web.Resp
     """Data after `pos` at once; at an open tail, wait for some (a 204 on timeout); at a
     closed one, a 204 with `Stream-Closed` at once."""
     timeout = request.app[CONFIG].long_poll_seconds
+    asked_now = pos == NOW
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     async with source.watch() as watch:
@@ -151,7 +152,13 @@ async def _long_poll(request: web.Request, source: Source, pos: int) -> web.Resp
                     await changed
     extra = {CURSOR: _cursor(request)}
     if chunk.data:
-        return _catch_up(request, source, chunk, False, extra)
+        response = _catch_up(request, source, chunk, False, extra)
+        if asked_now:
+            # `offset=now` is the tail when it is asked: the same URL asked a moment
+            # later wants later bytes, so no cache may answer it with these (a shared
+            # cache would hand a late reader old bytes as new ones).
+            response.headers["Cache-Control"] = "no-store"
+        return response
     headers = {**_chunk_headers(source, chunk), **extra}
     headers["Cache-Control"] = (
         f"{'private' if source.private else 'public'}, {IMMUTABLE}"

@@ -83,32 +83,36 @@ def cors_headers(request: web.Request) -> dict:
     """CORS for reading URLs (default any origin); for create only when configured."""
     config = request.app[CONFIG]
     reading = request.path.startswith(CORS_READ_PREFIXES)
-    origin = _allowed_origin(
-        request, config.cors_origins if reading else config.create_cors_origins
-    )
+    origins = config.cors_origins if reading else config.create_cors_origins
+    origin = _allowed_origin(request, origins)
+    # An answer whose CORS depends on the Origin says so whatever the Origin was (none,
+    # or one refused too): a cache in front (nginx, docs/deployment-cache.md) would
+    # otherwise hand one origin's answer to every other.
+    vary = {"Vary": "Origin"} if origins and "*" not in origins else {}
     if origin is None:
-        return {}
-    headers = {
+        return vary
+    return {
         "Access-Control-Allow-Origin": origin,
         "Access-Control-Expose-Headers": "X-RateLimit-Limit, X-RateLimit-Remaining, "
         "X-RateLimit-Reset, Retry-After" + (f", {durable.RESPONSE_HEADERS}" if reading else ""),
+        **vary,
     }
-    if origin != "*":
-        headers["Vary"] = "Origin"
-    return headers
 
 
 @web.middleware
 async def cors_middleware(request: web.Request, handler) -> web.StreamResponse:
     response = await handler(request)
     if not response.prepared and not response.get(STATIC):
-        response.headers.update(cors_headers(request))
+        for name, value in cors_headers(request).items():
+            if name == "Vary" and "Vary" in response.headers:  # keep the answer's own Vary
+                value = f"{response.headers['Vary']}, {value}"
+            response.headers[name] = value
     return response
 
 
 async def preflight(request: web.Request) -> web.Response:
     headers = cors_headers(request)
-    if headers:
+    if "Access-Control-Allow-Origin" in headers:
         headers.update(
             {
                 "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
