@@ -6,6 +6,7 @@ why: docs/deployment-cache.md."""
 from __future__ import annotations
 
 import asyncio
+import signal
 from collections import Counter
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from test_durable_read import read_with_client
 from test_nginx import nginx_in_front
 
 from conftest import Daemon, file_of, wait_status
+from offloadd.protocol.durable import format_offset
 from offloadd.protocol.sse import parse_all
 
 CROWD = 200
@@ -142,6 +144,41 @@ class TestACrowd:
         seen = await stack.reached_offloadd(url)
         assert seen == {"-1": seen["-1"]} and seen["-1"] <= 3, seen
 
+    async def test_a_crowd_arriving_as_a_kept_read_expires_gets_its_stale_copy(
+        self, make_stack, crowd_http
+    ):
+        """The lock covers new entries only: an expired one is refreshed by one request
+        while the others get the old copy (still the right bytes) instead of reaching
+        offloadd. offloadd is paused so the refresh lasts until it resumes."""
+        stack = await make_stack()
+        answer = await stack.create(crowd_http, model="mock?tokens=2&wait_ms=60000")
+        url = answer["endpoints"]["stream_events_url"]
+        async with crowd_http.get(f"{url}?offset=-1") as resp:
+            assert resp.headers["Cache-Control"] == "public, max-age=1"  # a running tail
+            kept = await resp.read()
+        await asyncio.sleep(3.1)  # past that max-age (nginx counts whole seconds)
+
+        async def read() -> tuple[str, bytes]:
+            async with crowd_http.get(f"{url}?offset=-1") as resp:
+                assert resp.status == 200
+                return resp.headers["X-Cache-Status"], await resp.read()
+
+        stack.daemon.signal(signal.SIGSTOP)
+        try:
+            crowd = [asyncio.create_task(read()) for _ in range(CROWD)]
+            async with asyncio.timeout(30):  # all but the refresh, from the stale copy
+                while sum(task.done() for task in crowd) < CROWD - 1:
+                    await asyncio.sleep(0.05)
+        finally:
+            stack.daemon.signal(signal.SIGCONT)
+        answers = await asyncio.gather(*crowd)
+        assert Counter(status for status, _ in answers) == {"UPDATING": CROWD - 1, "EXPIRED": 1}
+        assert all(body == kept for _, body in answers)
+        async with crowd_http.post(answer["endpoints"]["stop_url"]) as resp:
+            assert resp.status == 200
+        seen = await stack.reached_offloadd(url)
+        assert seen["-1"] == 2, seen
+
 
 class TestWhatIsNotCached:
     async def test_the_204_of_a_running_answer_is_not_kept_the_final_one_is(self, make_stack, http):
@@ -210,6 +247,23 @@ class TestWhatIsNotCached:
                 assert resp.status == 204 and "X-Cache-Status" not in resp.headers
         seen = await stack.reached_offloadd(url)
         assert seen["now"] == 2, seen
+
+
+class TestNoPoisoning:
+    async def test_a_crafted_query_cannot_store_one_offset_under_another(self, make_stack, http):
+        """nginx's $arg_offset is case-insensitive and takes the first of repeated
+        arguments; offloadd's `offset` is neither. The key is the exact URI."""
+        stack = await make_stack()
+        answer = await stack.create(http, model="mock?tokens=20")
+        url = answer["endpoints"]["stream_events_url"]
+        await wait_status(http, answer["endpoints"]["status_url"], "done")
+        transcript = file_of(stack.data, url).read_bytes()
+        mid = format_offset(len(transcript) // 2)
+        for query in (f"OFFSET={mid}&offset=-1", f"offset=-1&offset={mid}"):
+            async with http.get(f"{url}?{query}") as resp:
+                await resp.read()
+        async with http.get(f"{url}?offset={mid}") as resp:
+            assert await resp.read() == transcript[len(transcript) // 2 :]
 
 
 class TestHeadersForCaches:
