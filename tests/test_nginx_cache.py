@@ -245,6 +245,9 @@ class TestWhatIsNotCached:
         for _ in range(2):
             async with http.get(f"{url}?offset=now&live=long-poll") as resp:
                 assert resp.status == 204 and "X-Cache-Status" not in resp.headers
+        async with http.head(f"{url}?offset=-1") as resp:  # the protocol's HEAD, not a GET's
+            assert resp.headers["Cache-Control"] == "no-store"
+            assert "X-Cache-Status" not in resp.headers
         seen = await stack.reached_offloadd(url)
         assert seen["now"] == 2, seen
 
