@@ -43,6 +43,10 @@ class Config:
     keepalive_seconds: float = 15.0
     poll_interval: float = 0.05
     status_flush_seconds: float = 1.0
+    # Durable Streams reads: how long a long-poll waits for data (a 204 after), and how
+    # long an SSE connection lasts before it is ended (so caches collapse new readers).
+    long_poll_seconds: float = 20.0
+    sse_seconds: float = 60.0
     # Retries of the upstream call before the first token (never after it).
     upstream_retries: int = 2
     upstream_retry_max_wait: float = 10.0

@@ -29,3 +29,11 @@ if [ -n "$need" ]; then
 fi
 
 python -m pip install -q -c constraints.txt -e '.[test]'
+
+# The test-only Node packages (the Durable Streams client and conformance suite), from
+# the committed lock file.
+if command -v npm >/dev/null 2>&1; then
+  (cd tests/js && npm ci --silent --no-audit --no-fund)
+else
+  echo "tests/setup.sh: npm is missing, so not installing tests/js (the Durable Streams tests will say so)" >&2
+fi

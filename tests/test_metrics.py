@@ -6,6 +6,7 @@ import logging
 import re
 
 import orjson
+import pytest
 
 
 async def _metrics(api) -> dict[str, float]:
@@ -84,3 +85,34 @@ class TestAccessLog:
         line = orjson.loads(record.getMessage())
         assert line["path"].endswith(".txt") and "SECRET" not in record.getMessage()
         assert re.fullmatch(r"GET", line["method"]) and line["status"] == 200
+        assert "offset" not in line
+
+    @pytest.mark.parametrize(
+        ("offset", "logged"),
+        [
+            ("0000000000000000_0000000000000042", True),
+            ("-1", True),
+            ("now", True),
+            ("SECRET", False),
+            ("0000000000000000_00000000000000SECRET", False),
+        ],
+    )
+    async def test_an_offset_of_ours_is_logged_nothing_else(self, caplog, offset, logged):
+        """What a cache in front lets through, per offset (docs/deployment-cache.md)."""
+        from offloadd.server.logs import AccessLogger
+
+        logger = AccessLogger(logging.getLogger("offloadd.access"), "")
+        caplog.set_level(logging.INFO, logger="offloadd.access")
+        url = f"/1/r/pub/x.txt?token=SECRET&offset={offset}&live=long-poll&cursor=7"
+
+        class Req:
+            remote, method = "127.0.0.1", "GET"
+            rel_url = __import__("yarl").URL(url)
+
+        class Resp:
+            status, body_length = 200, 1
+
+        logger.log(Req(), Resp(), 0.5)
+        [record] = caplog.records
+        assert orjson.loads(record.getMessage()).get("offset") == (offset if logged else None)
+        assert "SECRET" not in record.getMessage()

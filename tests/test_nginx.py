@@ -4,9 +4,11 @@ finished public files come from nginx's static path, private ones never do."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import orjson
@@ -24,6 +26,7 @@ def nginx_conf(tmp: Path, listen: int, backend: int, data: Path) -> Path:
     server = server.replace("server 127.0.0.1:8080;", f"server 127.0.0.1:{backend};")
     server = server.replace("listen 80;", f"listen 127.0.0.1:{listen};")
     server = server.replace("/var/lib/offloadd", str(data))
+    server = server.replace("/var/cache/nginx/offloadd", str(tmp / "cache"))
     temp = "\n".join(
         f"    {kind}_temp_path {tmp}/{kind};"
         for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
@@ -38,10 +41,34 @@ def nginx_conf(tmp: Path, listen: int, backend: int, data: Path) -> Path:
     return path
 
 
+@contextlib.asynccontextmanager
+async def nginx_in_front(backend: int, data: Path, tmp: Path) -> AsyncIterator[tuple[str, Path]]:
+    """A real nginx with the shipped config in front of offloadd's port `backend`: its
+    base URL and its folder (logs, cache)."""
+    binary = require_binary("nginx", "nginx")
+    port = free_port()
+    nginx_tmp = tmp / "nginx"
+    nginx_tmp.mkdir()
+    conf = nginx_conf(nginx_tmp, port, backend, data)
+    check = await asyncio.create_subprocess_exec(
+        binary, "-t", "-c", str(conf), "-p", str(nginx_tmp), stderr=asyncio.subprocess.PIPE
+    )
+    assert await check.wait() == 0, (await check.stderr.read()).decode()
+    proc = await asyncio.create_subprocess_exec(
+        binary, "-c", str(conf), "-p", str(nginx_tmp), "-g", "daemon off;"
+    )
+    try:
+        await eventually(lambda: _accepts(port))
+        yield f"http://127.0.0.1:{port}", nginx_tmp
+    finally:
+        proc.terminate()
+        await proc.wait()
+
+
 @pytest.fixture
 async def stack(spawn, tmp_path):
     """offloadd (mock upstream, --accel-redirect) and nginx in front of it."""
-    binary = require_binary("nginx", "nginx")
+    require_binary("nginx", "nginx")
     data = tmp_path / "data"
     daemon = await spawn(
         "serve",
@@ -53,30 +80,8 @@ async def stack(spawn, tmp_path):
         "--accel-redirect",
         "/_offloadd_files/",
     )
-    port = free_port()
-    nginx_tmp = tmp_path / "nginx"
-    nginx_tmp.mkdir()
-    conf = nginx_conf(nginx_tmp, port, daemon.port, data)
-    check = await asyncio.create_subprocess_exec(
-        binary, "-t", "-c", str(conf), "-p", str(nginx_tmp), stderr=asyncio.subprocess.PIPE
-    )
-    assert await check.wait() == 0, (await check.stderr.read()).decode()
-    proc = await asyncio.create_subprocess_exec(
-        binary, "-c", str(conf), "-p", str(nginx_tmp), "-g", "daemon off;"
-    )
-    await eventually(lambda: _accepts(port))
-    yield f"http://127.0.0.1:{port}", data, nginx_tmp
-    proc.terminate()
-    await proc.wait()
-
-
-async def _accepts(port: int) -> bool:
-    try:
-        _, writer = await asyncio.open_connection("127.0.0.1", port)
-    except OSError as e:
-        raise AssertionError(f"nginx on {port}: {e}") from None
-    writer.close()
-    return True
+    async with nginx_in_front(daemon.port, data, tmp_path) as (base, nginx_tmp):
+        yield base, data, nginx_tmp
 
 
 async def _create(http, base: str, **fields) -> dict:
@@ -173,3 +178,12 @@ class TestBehindNginx:
         async with http.get(urls["status_url"]) as resp:
             assert (await resp.json())["status"] == "stopped"
             assert re.match(r"application/json", resp.headers["Content-Type"])
+
+
+async def _accepts(port: int) -> bool:
+    try:
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+    except OSError as e:
+        raise AssertionError(f"nginx on {port}: {e}") from None
+    writer.close()
+    return True

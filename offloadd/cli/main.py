@@ -225,6 +225,13 @@ def main() -> None:
     envvar="OFFLOADD_OWNER_STALE",
     help="Seconds without a heartbeat after which another daemon's requests are ended.",
 )
+@click.option(
+    "--long-poll-timeout",
+    default=20.0,
+    show_default=True,
+    envvar="OFFLOADD_LONG_POLL_TIMEOUT",
+    help="Seconds a Durable Streams long-poll waits for data before its 204.",
+)
 @KEYS_OPTION
 @click.option(
     "--log-level",
@@ -268,6 +275,7 @@ def serve(**options) -> None:
         header_timeout=options["header_timeout"],
         body_timeout=options["body_timeout"],
         max_connections=options["max_connections"],
+        long_poll_seconds=options["long_poll_timeout"],
     )
     run(config)
 

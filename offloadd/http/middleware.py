@@ -16,9 +16,12 @@ from offloadd.errors import (
     error_body,
 )
 from offloadd.http.appkeys import CONFIG, STATIC
+from offloadd.protocol import durable
 from offloadd.protocol.wire import anthropic_error
-from offloadd.storage.layout import READ_PREFIXES
+from offloadd.storage.layout import READ_PREFIXES, STREAMS_PREFIX
 from offloadd.storage.store import StorageError
+
+CORS_READ_PREFIXES = (*READ_PREFIXES, STREAMS_PREFIX)  # any origin may read (--cors-origins)
 
 log = logging.getLogger("offloadd.web")
 ANTHROPIC_PATHS = (MESSAGES_ENDPOINT,)  # endpoints whose errors are in Anthropic's shape
@@ -39,6 +42,8 @@ def error_response(
     """The one error shape, in the words of the endpoint's API: Anthropic's on its Messages
     endpoint (`{"type": "error", "error": {"type", "message"}}`, `kind` its own type), so
     its SDKs raise their own classes; offloadd's everywhere else."""
+    # nosniff on every error: browsers must not read a JSON error as anything else (§12.7)
+    headers = {"X-Content-Type-Options": "nosniff", **(headers or {})}
     if request is not None and request.path in ANTHROPIC_PATHS:
         body = anthropic_error(code, message, status, kind)
         return web.json_response(body, status=status, headers=headers)
@@ -98,34 +103,39 @@ def _allowed_origin(request: web.Request, origins: tuple[str, ...]) -> str | Non
 def cors_headers(request: web.Request) -> dict:
     """CORS for reading URLs (default any origin); for create only when configured."""
     config = request.app[CONFIG]
-    reading = request.path.startswith(READ_PREFIXES)
-    origin = _allowed_origin(
-        request, config.cors_origins if reading else config.create_cors_origins
-    )
+    reading = request.path.startswith(CORS_READ_PREFIXES)
+    origins = config.cors_origins if reading else config.create_cors_origins
+    origin = _allowed_origin(request, origins)
+    # An answer whose CORS depends on the Origin says so whatever the Origin was (none,
+    # or one refused too): a cache in front (nginx, docs/deployment-cache.md) would
+    # otherwise hand one origin's answer to every other.
+    vary = {"Vary": "Origin"} if origins and "*" not in origins else {}
     if origin is None:
-        return {}
-    headers = {
+        return vary
+    return {
         "Access-Control-Allow-Origin": origin,
         "Access-Control-Expose-Headers": "X-RateLimit-Limit, X-RateLimit-Remaining, "
         "X-RateLimit-Reset, Retry-After, X-Offloadd-Status-Url, X-Offloadd-Stream-Url, "
-        "X-Offloadd-Stop-Url, X-Offloadd-Bearer-Token, X-Offloadd-Conversation-Id",
+        "X-Offloadd-Stop-Url, X-Offloadd-Bearer-Token, X-Offloadd-Conversation-Id"
+        + (f", {durable.RESPONSE_HEADERS}" if reading else ""),
+        **vary,
     }
-    if origin != "*":
-        headers["Vary"] = "Origin"
-    return headers
 
 
 @web.middleware
 async def cors_middleware(request: web.Request, handler) -> web.StreamResponse:
     response = await handler(request)
     if not response.prepared and not response.get(STATIC):
-        response.headers.update(cors_headers(request))
+        for name, value in cors_headers(request).items():
+            if name == "Vary" and "Vary" in response.headers:  # keep the answer's own Vary
+                value = f"{response.headers['Vary']}, {value}"
+            response.headers[name] = value
     return response
 
 
 async def preflight(request: web.Request) -> web.Response:
     headers = cors_headers(request)
-    if headers:
+    if "Access-Control-Allow-Origin" in headers:
         headers.update(
             {
                 "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
@@ -135,7 +145,7 @@ async def preflight(request: web.Request) -> web.Response:
                     ", X-Anthropic-API-Key, anthropic-version, anthropic-beta, Idempotency-Key"
                     ", anthropic-dangerous-direct-browser-access"
                     if not request.path.startswith(READ_PREFIXES)
-                    else ""
+                    else ", If-None-Match"
                 ),
                 "Access-Control-Max-Age": "86400",
             }

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from offloadd.domain.webhooks import shown_url
 from offloadd.errors import (
     NotFound,
 )
+from offloadd.http import durable
 from offloadd.http.appkeys import (
     CONFIG,
     CREATE_ENDPOINTS,
@@ -35,7 +37,9 @@ from offloadd.http.common import public_base, read_create, tokens, upstream_key
 from offloadd.http.events import respond
 from offloadd.http.middleware import cors_headers
 from offloadd.http.openapi import document
+from offloadd.protocol.durable import NOW
 from offloadd.requests.create import NewRequest
+from offloadd.requests.sources import AnswerSource
 from offloadd.storage.layout import Kind, Location
 from offloadd.storage.transcript import finished
 
@@ -117,6 +121,8 @@ def last_event_id(request: web.Request) -> int | None:
 
 
 async def events(request: web.Request) -> web.StreamResponse:
+    """The answer's stream: EventSource SSE, or — with `?offset=` (and on HEAD) — the
+    Durable Streams read protocol over the same bytes."""
     loc = locate(request)
     path, hub = request.app[STORE].txt_path(loc), request.app[HUB]
     if loc.scope != "pub":
@@ -125,11 +131,27 @@ async def events(request: web.Request) -> web.StreamResponse:
         # public: the URL is the capability. One stat on the loop, as the tail's own open
         # and reads are: a crowd arriving at once must not queue a thread hop each
         raise NotFound("no such conversation")
+    if request.method == "HEAD" or "offset" in request.query:
+        source = answer_source(request, loc, path)
+        if request.method == "HEAD":
+            chunk = await source.read(NOW)
+            return durable.head(source, chunk.tail, chunk.closed)
+        return await durable.read(request, source)
     resume = last_event_id(request)
     if resume is None and request.app[CONFIG].accel_redirect:
         if await asyncio.to_thread(finished, path) and (response := accel(request, loc, ".txt")):
             return response
     return await respond(request, hub, path, resume, cors_headers(request))
+
+
+def answer_source(request: web.Request, loc: Location, path: Path) -> AnswerSource:
+    """An answer as a Durable Stream: a private one's ETag is keyed by the token it was
+    read with, and caches keep it private."""
+    key = loc.uuid
+    if private := loc.scope != "pub":
+        seen = "\n".join(tokens(request, query_too=True)).encode()
+        key += "." + hashlib.sha256(seen).hexdigest()[:16]
+    return AnswerSource(request.app[HUB], path, key, private)
 
 
 async def stop(request: web.Request) -> web.Response:

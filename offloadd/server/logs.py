@@ -1,7 +1,9 @@
 """Logging: one JSON object per request, with the path but never the query or headers.
 
 Query strings carry private stream tokens and headers carry keys, so neither
-is ever logged.
+is ever logged. The one exception is a Durable Streams `offset` this server could
+have handed out (digits, or `-1`/`now`): it carries nothing private, and it is how
+an operator sees what a cache in front lets through (docs/deployment-cache.md).
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import logging
 import orjson
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web import BaseRequest, StreamResponse
+
+from offloadd.protocol.durable import BadOffset, parse_offset
 
 
 class AccessLogger(AbstractAccessLogger):
@@ -25,8 +29,20 @@ class AccessLogger(AbstractAccessLogger):
             "bytes": response.body_length,
             "seconds": round(time, 6),
         }
+        if (offset := _offset(request)) is not None:
+            line["offset"] = offset
         self.logger.info(orjson.dumps(line).decode())
 
 
 def setup(level: str = "INFO") -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+
+
+def _offset(request: BaseRequest) -> str | None:
+    """The query's `offset` if it is one of ours, else None: nothing a client made up."""
+    value = request.rel_url.query.get("offset")
+    try:
+        parse_offset(value or "")
+    except BadOffset:
+        return None
+    return value

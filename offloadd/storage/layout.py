@@ -28,6 +28,7 @@ KINDS = tuple(Kind)
 UUID4 = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
 STAMP = re.compile(r"\d{4}/\d{2}/\d{2}/\d{2}/\d{2}/\d{2}")
 READ_PREFIXES = tuple(f"/{kind}/r/" for kind in KINDS)
+STREAMS_PREFIX = "/v1/stream/"  # application streams (Durable Streams): storage/streams.py
 # aiohttp's route pattern for a conversation's URLs (add `.json`, `.txt` or `/stop`)
 ROUTE = (
     r"/{kind:[12]}/r/{scope:pub|priv}/{stamp:\d{4}/\d{2}/\d{2}/\d{2}/\d{2}/\d{2}}"
