@@ -239,6 +239,15 @@ async def follow(
     return response
 
 
+async def answer(
+    request: web.Request, loc: Location, headers: dict, stream: bool
+) -> web.StreamResponse:
+    """An SDK's answer: the stream followed from its first byte, or the object once done."""
+    if stream:
+        return await follow(request, loc, headers, stops_on_disconnect(request))
+    return await completion(request, loc, headers)
+
+
 async def completion(
     request: web.Request,
     loc: Location,

@@ -17,7 +17,7 @@ import uuid
 import orjson
 from aiohttp import web
 
-from offloadd.mock.common import Behaviour, Seen, dumps, fault_at, intake, streamed
+from offloadd.mock.common import Behaviour, Seen, dumps, intake, next_chunk, streamed
 
 
 async def completions(request: web.Request) -> web.StreamResponse:
@@ -95,16 +95,8 @@ async def _stream(
     if behaviour.wait_ms:
         await asyncio.sleep(behaviour.wait_ms / 1000)
     for i, chunk in enumerate(chunks):
-        if fault_at(behaviour, entry.chunks_sent) == "disconnect":
-            if request.transport:
-                request.transport.abort()
-            entry.finished = True
+        if not await next_chunk(request, response, entry, behaviour, b"data: not json {\n\n"):
             return response
-        if fault_at(behaviour, entry.chunks_sent) == "stall":
-            await asyncio.Event().wait()  # until the client gives up and closes
-        if fault_at(behaviour, entry.chunks_sent) == "garbage":
-            await response.write(b"data: this is not json {\n\n")
-        await asyncio.sleep(behaviour.delay_ms / 1000)
         if chunk is None:
             word = str(time.time_ns()) if behaviour.stamp else words[i - 1]
             chunk = _chunk(cid, model, {"content": word if i == 1 else " " + word})

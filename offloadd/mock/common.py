@@ -140,6 +140,30 @@ def fault_at(behaviour: Behaviour, sent: int) -> str | None:
     return None
 
 
+async def next_chunk(
+    request: web.Request,
+    response: web.StreamResponse,
+    entry: Seen,
+    behaviour: Behaviour,
+    garbage: bytes,
+) -> bool:
+    """Before a stream's next chunk: its fault, if one is due (`disconnect` drops the
+    connection: False, the stream is over; `stall` never returns; `garbage` writes bytes
+    no parser accepts), then the pause between chunks."""
+    fault = fault_at(behaviour, entry.chunks_sent)
+    if fault == "disconnect":
+        if request.transport:
+            request.transport.abort()
+        entry.finished = True
+        return False
+    if fault == "stall":
+        await asyncio.Event().wait()  # until the client gives up and closes
+    if fault == "garbage":
+        await response.write(garbage)
+    await asyncio.sleep(behaviour.delay_ms / 1000)
+    return True
+
+
 async def streamed(entry: Seen, stream: Awaitable[web.StreamResponse]) -> web.StreamResponse:
     """A streamed answer, and whether its client left before it ended. A client that left
     (offloadd stops by closing its connection) is what a stream expects, not an error: a

@@ -26,7 +26,7 @@ import uuid
 import orjson
 from aiohttp import web
 
-from offloadd.mock.common import Behaviour, Seen, dumps, fault_at, intake, streamed
+from offloadd.mock.common import Behaviour, Seen, dumps, intake, next_chunk, streamed
 
 ERRORS = {
     400: ("invalid_request_error", "Invalid request."),
@@ -197,16 +197,9 @@ async def _stream(
         if isinstance(e, dict) and e.get("content_block", {}).get("type") == "text"
     )
     for event in events:
-        fault = fault_at(behaviour, entry.chunks_sent)
-        if fault == "disconnect":
-            if request.transport:
-                request.transport.abort()
-            entry.finished = True
+        garbage = b"event: content_block_delta\ndata: not json {\n\n"
+        if not await next_chunk(request, response, entry, behaviour, garbage):
             return response
-        if fault == "stall":
-            await asyncio.Event().wait()  # until the client gives up and closes
-        if fault == "garbage":
-            await response.write(b"event: content_block_delta\ndata: not json {\n\n")
         if behaviour.error_after is not None and entry.chunks_sent == behaviour.error_after:
             error = {
                 "type": "error",
@@ -216,7 +209,6 @@ async def _stream(
             entry.finished = True
             await response.write_eof()
             return response
-        await asyncio.sleep(behaviour.delay_ms / 1000)
         if isinstance(event, str):
             event = _text_delta(text_index, str(time.time_ns()) if behaviour.stamp else event)
         name = event["type"].encode()

@@ -11,7 +11,7 @@ import uuid
 import orjson
 from aiohttp import web
 
-from offloadd.mock.common import Behaviour, Seen, dumps, fault_at, intake, streamed
+from offloadd.mock.common import Behaviour, Seen, dumps, intake, next_chunk, streamed
 
 
 def _words(body: dict, behaviour: Behaviour) -> list[str]:
@@ -109,17 +109,9 @@ async def _stream(
     if behaviour.wait_ms:
         await asyncio.sleep(behaviour.wait_ms / 1000)
     for seq, event in enumerate(_events(rid, mid, entry.model, words)):
-        fault = fault_at(behaviour, entry.chunks_sent)
-        if fault == "disconnect":
-            if request.transport:
-                request.transport.abort()
-            entry.finished = True
+        garbage = b"event: response.output_text.delta\ndata: not json {\n\n"
+        if not await next_chunk(request, response, entry, behaviour, garbage):
             return response
-        if fault == "stall":
-            await asyncio.Event().wait()
-        if fault == "garbage":
-            await response.write(b"event: response.output_text.delta\ndata: not json {\n\n")
-        await asyncio.sleep(behaviour.delay_ms / 1000)
         if isinstance(event, str):
             delta = str(time.time_ns()) if behaviour.stamp else event
             event = {

@@ -17,13 +17,11 @@ from offloadd.domain.dialects import MESSAGES
 from offloadd.domain.messages import parse_messages_body
 from offloadd.http.appkeys import CONFIG
 from offloadd.http.common import (
+    answer,
     anthropic_headers,
     anthropic_key,
-    completion,
     create_for_sdk,
-    follow,
     read_create,
-    stops_on_disconnect,
     url_headers,
 )
 
@@ -34,6 +32,4 @@ async def create_message(request: web.Request) -> web.StreamResponse:
     key, sent = anthropic_key(request), anthropic_headers(request)
     created, loc = await create_for_sdk(request, caller, body, message, MESSAGES, key, sent)
     headers = {**url_headers(created), "x-should-retry": "false"}
-    if message.stream:
-        return await follow(request, loc, headers, stops_on_disconnect(request))
-    return await completion(request, loc, headers)
+    return await answer(request, loc, headers, message.stream)

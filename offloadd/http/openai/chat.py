@@ -15,14 +15,7 @@ from aiohttp import web
 from offloadd.domain.dialects import CHAT
 from offloadd.domain.validate import parse_body
 from offloadd.http.appkeys import CONFIG
-from offloadd.http.common import (
-    completion,
-    create_for_sdk,
-    follow,
-    read_create,
-    stops_on_disconnect,
-    url_headers,
-)
+from offloadd.http.common import answer, create_for_sdk, read_create, url_headers
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
@@ -30,6 +23,4 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     chat = parse_body(body, request.app[CONFIG])
     created, loc = await create_for_sdk(request, caller, body, chat, CHAT)
     headers = url_headers(created)
-    if chat.stream:
-        return await follow(request, loc, headers, stops_on_disconnect(request))
-    return await completion(request, loc, headers)
+    return await answer(request, loc, headers, chat.stream)
