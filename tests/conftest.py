@@ -193,3 +193,18 @@ async def claude():
     yield make
     for client in made:
         await client.close()
+
+
+@pytest.fixture
+async def hostile(aiohttp_server, aiohttp_client, config) -> Api:
+    """An offloadd app whose upstreams (OpenAI's APIs and Anthropic's) are the hostile fake,
+    which answers whatever each request's `model` scripts."""
+    from hostile_upstream import make_hostile_app
+
+    upstream = await aiohttp_server(make_hostile_app())
+    changed = dataclasses.replace(
+        config,
+        upstream_url=str(upstream.make_url("/v1")),
+        anthropic_url=str(upstream.make_url("")),
+    )
+    return Api(await aiohttp_client(make_app(changed)), upstream)

@@ -19,13 +19,6 @@ from offloadd.http.app import make_app
 from offloadd.http.appkeys import CONFIG
 
 
-@pytest.fixture
-async def hostile(aiohttp_server, aiohttp_client, config) -> Api:
-    upstream = await aiohttp_server(make_hostile_app())
-    changed = dataclasses.replace(config, upstream_url=str(upstream.make_url("/v1")))
-    return Api(await aiohttp_client(make_app(changed)), upstream)
-
-
 def _post(api: Api, path: str, body: dict, **headers: str):
     return api.client.post(path, json=body, headers={"X-OpenAI-API-Key": OPENAI_KEY, **headers})
 

@@ -4,7 +4,6 @@ Whatever comes, every request ends with a final status, nothing leaks, nothing i
 from __future__ import annotations
 
 import base64
-import dataclasses
 
 import orjson
 import pytest
@@ -20,8 +19,7 @@ from helpers import (
     files_under,
     how_it_ended,
 )
-from hostile_upstream import chunk, make_hostile_app, model
-from offloadd.http.app import make_app
+from hostile_upstream import chunk, model
 from offloadd.protocol.sse import parse_all
 
 FUZZ = settings(
@@ -36,13 +34,6 @@ JSON = st.recursive(
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner),
     max_leaves=12,
 )
-
-
-@pytest.fixture
-async def hostile(aiohttp_server, aiohttp_client, config) -> Api:
-    upstream = await aiohttp_server(make_hostile_app())
-    changed = dataclasses.replace(config, upstream_url=str(upstream.make_url("/v1")))
-    return Api(await aiohttp_client(make_app(changed)), upstream)
 
 
 async def _ended(api: Api, script: dict, **fields) -> tuple[dict, bytes]:

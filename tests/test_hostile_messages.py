@@ -5,15 +5,12 @@ Anthropic's SDK understands, nothing leaks, nothing is a 5xx of offloadd's own."
 
 from __future__ import annotations
 
-import dataclasses
-
 import anthropic
 import orjson
 import pytest
 
 from helpers import Api, files_under
-from hostile_upstream import make_hostile_app, model, named
-from offloadd.http.app import make_app
+from hostile_upstream import model, named
 from offloadd.protocol.sse import parse_all
 
 KEY = "sk-ant-api03-hostileTestKey0000000000"
@@ -42,13 +39,6 @@ END = [
     named("message_delta", delta={"stop_reason": "end_turn"}, usage={"output_tokens": 3}),
     named("message_stop"),
 ]
-
-
-@pytest.fixture
-async def hostile(aiohttp_server, aiohttp_client, config) -> Api:
-    upstream = await aiohttp_server(make_hostile_app())
-    changed = dataclasses.replace(config, anthropic_url=str(upstream.make_url("")))
-    return Api(await aiohttp_client(make_app(changed)), upstream)
 
 
 async def _ended(api: Api, script: dict, **fields) -> tuple[dict, list]:
