@@ -24,6 +24,7 @@ from offloadd.http.appkeys import (
     ON_FATAL,
     RUNNER,
     STORE,
+    STREAMS,
     UPSTREAM_URL,
 )
 from offloadd.http.middleware import cors_middleware, error_middleware
@@ -37,9 +38,12 @@ from offloadd.requests.endings import Endings
 from offloadd.requests.housekeeping import Housekeeping
 from offloadd.requests.readers import Hub
 from offloadd.requests.runner import Runner
+from offloadd.requests.streams import Streams
+from offloadd.requests.watch import Watch
 from offloadd.storage.registry import Registry
 from offloadd.storage.retention import collect
 from offloadd.storage.store import Store
+from offloadd.storage.streams import StreamFiles
 from offloadd.upstream.call import Upstream
 
 log = logging.getLogger("offloadd.web")
@@ -59,6 +63,7 @@ def make_app(
     app[CONFIG] = config
     app[STORE] = Store(config.data)
     app[METRICS] = Metrics()
+    app[STREAMS] = Streams(StreamFiles(config.data), Watch(config.poll_interval))
     app[ON_FATAL] = on_fatal
     if config.auth:
         if keys is not None:
@@ -166,6 +171,7 @@ async def _runner_ctx(app: web.Application) -> AsyncIterator[None]:
         "offloadd-hub": hub.run(),
         "offloadd-housekeeping": housekeeping.run(),
         "offloadd-loop-watch": app[METRICS].watch_loop(),
+        "offloadd-streams-watch": app[STREAMS].watcher.run(),
     }
     if config.retention_seconds:
         jobs["offloadd-retention"] = _retention(config.data, config.retention_seconds)

@@ -1,0 +1,155 @@
+"""Appending to an application stream and closing it (Durable Streams §5.2–§5.3): the order
+of checks the protocol's suite pins, `Stream-Seq`, idempotent producers (epochs and
+sequence numbers, fencing, duplicates), closure — all under the stream's lock, the data
+synced before the append is acknowledged, then its state."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from offloadd.errors import BadRequest, Conflict, Forbidden
+from offloadd.protocol.durable import (
+    CLOSED,
+    EXPECTED_SEQ,
+    NEXT_OFFSET,
+    PRODUCER_EPOCH,
+    RECEIVED_SEQ,
+    format_offset,
+    media_type,
+)
+from offloadd.requests.streams import Streams, require_live, stored_body, tail_of
+from offloadd.storage.streams import Stream
+
+
+@dataclass(frozen=True)
+class Producer:
+    id: str
+    epoch: int
+    seq: int
+
+
+@dataclass(frozen=True)
+class Append:
+    """A POST: data (maybe none, to close only), its headers' meaning."""
+
+    path: str
+    body: bytes
+    content_type: str | None  # None: no Content-Type header
+    close: bool = False
+    seq: str | None = None
+    producer: Producer | None = None
+
+
+@dataclass
+class Appended:
+    tail: int
+    closed: bool  # the stream is closed now (by this request or before it)
+    new_data: bool  # data was appended (a producer's is a 200; a duplicate a 204)
+    producer: tuple[int, int] | None  # (epoch, seq) to answer with
+
+
+async def append(streams: Streams, request: Append) -> Appended:
+    """Append (and/or close); checks that need no stream come first."""
+    if not request.body and not request.close:
+        raise BadRequest("an append needs a body (or `Stream-Closed: true`)", code="empty_body")
+    if request.body and request.content_type is None:
+        raise BadRequest("an append needs a `Content-Type`", code="missing_content_type")
+    done = await asyncio.to_thread(_locked, streams, request)
+    streams.watcher.poke(request.path)
+    return done
+
+
+def _locked(streams: Streams, request: Append) -> Appended:
+    with streams.files.locked(request.path) as stream:
+        meta = require_live(streams.files, stream)
+        stream.touch()  # any append, even one refused below, is an access (sliding TTL)
+        if meta["closed"]:
+            return _to_closed(stream, request)
+        if request.body and media_type(request.content_type or "") != media_type(
+            meta["content_type"]
+        ):
+            raise Conflict("the body's content type is not the stream's")
+        producer = request.producer
+        if producer is not None and (dup := _duplicate(meta, producer)) is not None:
+            return Appended(tail_of(stream), False, False, dup)
+        if request.seq is not None and meta["seq"] is not None:
+            if request.seq.encode() <= meta["seq"].encode():
+                raise Conflict("`Stream-Seq` must increase", code="seq_conflict")
+        data = b""
+        if request.body:
+            data = stored_body(request.body, meta["content_type"], allow_empty=False)
+            stream.append(data)
+        _commit(stream, request)
+        answer = (producer.epoch, producer.seq) if producer else None
+        return Appended(tail_of(stream), request.close, bool(data), answer)
+
+
+def _to_closed(stream: Stream, request: Append) -> Appended:
+    """A closed stream takes nothing more; the request that closed it, repeated, is a
+    duplicate (204), as a bare close is."""
+    meta = stream.meta
+    assert meta is not None
+    producer, tail = request.producer, tail_of(stream)
+    closing = meta.get("closed_by")
+    if producer is not None and closing == [producer.id, producer.epoch, producer.seq]:
+        return Appended(tail, True, False, (producer.epoch, producer.seq))
+    if producer is None and not request.body and request.close:
+        return Appended(tail, True, False, None)
+    raise Conflict(
+        "the stream is closed",
+        code="stream_closed",
+        headers={CLOSED: "true", NEXT_OFFSET: format_offset(tail)},
+    )
+
+
+def _duplicate(meta: dict, producer: Producer) -> tuple[int, int] | None:
+    """(epoch, highest seq) when this is a producer's retry; raises when it is refused;
+    None when it is new."""
+    state = meta["producers"].get(producer.id)
+    if state is None:
+        if producer.seq != 0:
+            raise _gap(0, producer.seq)
+        return None
+    epoch, last = state
+    if producer.epoch < epoch:
+        raise Forbidden(
+            "a newer epoch of this producer exists",
+            code="stale_epoch",
+            headers={PRODUCER_EPOCH: str(epoch)},
+        )
+    if producer.epoch > epoch:
+        if producer.seq != 0:
+            raise BadRequest("a new epoch starts at sequence 0", code="bad_producer_seq")
+        return None
+    if producer.seq <= last:
+        return (epoch, last)
+    if producer.seq > last + 1:
+        raise _gap(last + 1, producer.seq)
+    return None
+
+
+def _gap(expected: int, received: int) -> Conflict:
+    return Conflict(
+        f"producer sequence gap: expected {expected}, received {received}",
+        code="producer_seq_gap",
+        headers={EXPECTED_SEQ: str(expected), RECEIVED_SEQ: str(received)},
+    )
+
+
+def _commit(stream: Stream, request: Append) -> None:
+    """What the append changed besides the data, written after it (only when something did)."""
+    meta = stream.meta
+    assert meta is not None
+    changes: dict = {}
+    producer = request.producer
+    if producer is not None:
+        changes["producers"] = {**meta["producers"], producer.id: [producer.epoch, producer.seq]}
+    if request.seq is not None:
+        changes["seq"] = request.seq
+    if request.close:
+        changes["closed"] = True
+        if producer is not None:
+            changes["closed_by"] = [producer.id, producer.epoch, producer.seq]
+    if changes:
+        stream.write_meta({**meta, **changes})
