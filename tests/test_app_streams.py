@@ -1,0 +1,182 @@
+"""Application streams (issue 25) beyond the protocol's own suite: paths that try to leave
+the streams folder, bad input (a 4xx, never a 5xx, never a partial append or a
+half-made stream), several daemons on one directory, and a `kill -9`."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+
+import orjson
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from offloadd.protocol.durable import format_offset
+
+TEXT = {"Content-Type": "text/plain"}
+
+
+def files_outside_streams(data) -> list:
+    """Files a test made anywhere under its tmp folder but the daemon's bookkeeping and
+    the streams folder."""
+    kept = (data / "streams", data / ".offloadd")
+    return [
+        p
+        for p in data.parent.rglob("*")
+        if p.is_file() and not any(p.is_relative_to(k) for k in kept)
+    ]
+
+
+class TestPaths:
+    @pytest.mark.parametrize(
+        "path",
+        [
+            "..%2F..%2Fescape",
+            "%2e%2e%2f%2e%2e%2fescape",
+            "%252e%252e%252fescape",
+            "a%2F..%2F..%2F..%2Fescape",
+            "..%5C..%5Cescape",
+            "%C0%AE%C0%AE%2Fescape",
+            "x" * 600,
+            "caf%C3%A9/%F0%9F%98%80",
+        ],
+        ids=["slashes", "dots", "twice", "nested", "backslashes", "overlong", "long", "utf8"],
+    )  # fmt: skip
+    async def test_no_path_leaves_the_streams_folder(self, client, data_dir, path):
+        resp = await client.put(f"/v1/stream/{path}", data=b"hello", headers=TEXT)
+        assert resp.status in (201, 400, 404), await resp.text()
+        assert files_outside_streams(data_dir) == []
+        if resp.status == 201:
+            read = await client.get(f"/v1/stream/{path}?offset=-1")
+            assert await read.read() == b"hello"
+
+    async def test_a_nul_byte_is_refused(self, client, data_dir):
+        resp = await client.put("/v1/stream/a%00b", headers=TEXT)
+        assert resp.status == 400 and (await resp.json())["error"]["code"] == "bad_path"
+
+    async def test_names_that_encode_alike_are_different_streams(self, client):
+        await client.put("/v1/stream/a%2Fb", data=b"one", headers=TEXT)
+        await client.put("/v1/stream/a%252Fb", data=b"two", headers=TEXT)
+        one = await client.get("/v1/stream/a%2Fb?offset=-1")
+        two = await client.get("/v1/stream/a%252Fb?offset=-1")
+        assert await one.read() == b"one" and await two.read() == b"two"
+
+
+class TestBadInput:
+    async def test_invalid_json_creates_nothing(self, client, data_dir):
+        headers = {"Content-Type": "application/json"}
+        resp = await client.put("/v1/stream/j", data=b"[1,", headers=headers)
+        assert resp.status == 400
+        assert (await client.head("/v1/stream/j")).status == 404
+
+    async def test_a_refused_append_appends_nothing(self, client):
+        headers = {"Content-Type": "application/json"}
+        await client.put("/v1/stream/j", data=b"[1]", headers=headers)
+        for body in (b"[2,", b"NaN", b"[]", b'{"a": Infinity}'):
+            resp = await client.post("/v1/stream/j", data=body, headers=headers)
+            assert resp.status == 400, body
+        read = await client.get("/v1/stream/j?offset=-1")
+        assert await read.json() == [1]
+
+    @settings(
+        max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    )
+    @given(
+        headers=st.dictionaries(
+            st.sampled_from(
+                [
+                    "Stream-TTL",
+                    "Stream-Expires-At",
+                    "Stream-Seq",
+                    "Stream-Closed",
+                    "Producer-Id",
+                    "Producer-Epoch",
+                    "Producer-Seq",
+                    "Stream-Forked-From",
+                    "Stream-Fork-Offset",
+                    "Stream-Fork-Sub-Offset",
+                    "Content-Type",
+                ]
+            ),
+            st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=40),
+        ),
+        method=st.sampled_from(["PUT", "POST"]),
+        body=st.binary(max_size=30),
+    )
+    async def test_any_header_values_are_never_a_5xx(self, client, headers, method, body):
+        resp = await client.request(method, "/v1/stream/fuzz", data=body, headers=headers)
+        assert resp.status < 500, await resp.text()
+        read = await client.get("/v1/stream/fuzz?offset=-1")
+        assert read.status in (200, 404)
+
+
+async def _post_many(http, url: str, tag: str, n: int) -> None:
+    for i in range(n):
+        async with http.post(url, data=f"{tag}{i:03d};".encode(), headers=TEXT) as resp:
+            assert resp.status == 204, await resp.text()
+
+
+class TestDaemons:
+    async def test_two_daemons_append_to_one_stream_without_losing_any(self, spawn, tmp_path, http):
+        data = str(tmp_path / "data")
+        a = await spawn("serve", "--data", data, "--no-auth", "--upstream-url", "mock")
+        b = await spawn("serve", "--data", data, "--no-auth", "--upstream-url", "mock")
+        async with http.put(f"{a.url}/v1/stream/shared", headers=TEXT) as resp:
+            assert resp.status == 201
+        await asyncio.gather(
+            _post_many(http, f"{a.url}/v1/stream/shared", "a", 40),
+            _post_many(http, f"{b.url}/v1/stream/shared", "b", 40),
+        )
+        async with http.get(f"{b.url}/v1/stream/shared?offset=-1") as resp:
+            records = (await resp.read()).decode().split(";")[:-1]
+        assert sorted(records) == sorted(
+            [f"a{i:03d}" for i in range(40)] + [f"b{i:03d}" for i in range(40)]
+        )
+        assert [r for r in records if r[0] == "a"] == [f"a{i:03d}" for i in range(40)]
+
+    async def test_a_long_poll_on_one_daemon_wakes_on_an_append_through_another(
+        self, spawn, tmp_path, http
+    ):
+        data = str(tmp_path / "data")
+        a = await spawn("serve", "--data", data, "--no-auth", "--upstream-url", "mock")
+        b = await spawn("serve", "--data", data, "--no-auth", "--upstream-url", "mock")
+        async with http.put(f"{a.url}/v1/stream/s", data=b"x", headers=TEXT) as resp:
+            tail = resp.headers["Stream-Next-Offset"]
+        poll = asyncio.create_task(http.get(f"{b.url}/v1/stream/s?offset={tail}&live=long-poll"))
+        await asyncio.sleep(0.3)  # the reader is waiting (its 204 would take 20 s)
+        async with http.post(f"{a.url}/v1/stream/s", data=b"yz", headers=TEXT) as resp:
+            assert resp.status == 204
+        async with await poll as resp:
+            assert resp.status == 200 and await resp.read() == b"yz"
+
+    async def test_acknowledged_appends_survive_kill_9(self, spawn, tmp_path, http):
+        data = str(tmp_path / "data")
+        a = await spawn("serve", "--data", data, "--no-auth", "--upstream-url", "mock")
+        headers = {"Content-Type": "application/json"}
+        async with http.put(f"{a.url}/v1/stream/kept", headers=headers) as resp:
+            assert resp.status == 201
+        for i in range(20):
+            producer = {"Producer-Id": "p", "Producer-Epoch": "0", "Producer-Seq": str(i)}
+            async with http.post(
+                f"{a.url}/v1/stream/kept",
+                data=orjson.dumps({"n": i}),
+                headers={**headers, **producer},
+            ) as resp:
+                assert resp.status == 200
+        a.signal(signal.SIGKILL)
+        await a.wait()
+        b = await spawn("serve", "--data", data, "--no-auth", "--upstream-url", "mock")
+        async with http.get(f"{b.url}/v1/stream/kept?offset=-1") as resp:
+            assert await resp.json() == [{"n": i} for i in range(20)]
+        retry = {"Producer-Id": "p", "Producer-Epoch": "0", "Producer-Seq": "19"}
+        async with http.post(
+            f"{b.url}/v1/stream/kept", data=b'{"n":19}', headers={**headers, **retry}
+        ) as resp:
+            assert resp.status == 204  # the producer's state survived too: a duplicate
+
+
+async def test_an_offset_past_the_tail_is_a_400(client):
+    await client.put("/v1/stream/t", data=b"abc", headers=TEXT)
+    resp = await client.get(f"/v1/stream/t?offset={format_offset(4)}")
+    assert resp.status == 400
