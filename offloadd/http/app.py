@@ -38,6 +38,7 @@ from offloadd.requests.endings import Endings
 from offloadd.requests.housekeeping import Housekeeping
 from offloadd.requests.readers import Hub
 from offloadd.requests.runner import Runner
+from offloadd.requests.sessions import Sessions
 from offloadd.requests.streams import Streams
 from offloadd.requests.watch import Watch
 from offloadd.storage.registry import Registry
@@ -158,6 +159,7 @@ async def _runner_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     runner = app[RUNNER]
     runner.on_append = hub.poke
+    app[CREATOR].sessions = Sessions(app[STREAMS], hub, runner)
     housekeeping = Housekeeping(
         runner.registry,
         app[STORE],
@@ -213,3 +215,5 @@ async def _shutdown(app: web.Application) -> None:
     """Before open connections are closed: running requests finish or end, so every
     reader receives its stream's end instead of a cut connection."""
     await app[RUNNER].close()
+    if (sessions := app[CREATOR].sessions) is not None:
+        await sessions.close()  # the answers' ends into their session streams
