@@ -12,10 +12,12 @@ from urllib.parse import unquote, urlsplit
 
 from aiohttp import web
 
+from offloadd.domain.access import token_hash
 from offloadd.errors import BadRequest, NotFound, RequestTimeout
 from offloadd.http import durable
-from offloadd.http.appkeys import CONFIG, STREAMS
-from offloadd.http.common import public_base
+from offloadd.http.appkeys import CONFIG, KEYS, STREAMS
+from offloadd.http.common import api_key, public_base, tokens
+from offloadd.keys.base import Charge
 from offloadd.protocol.durable import (
     CLOSED,
     EXPIRES_AT,
@@ -44,6 +46,9 @@ MEDIA = re.compile(r"[\w-]+/[\w-]+")
 MAX_SAFE = 2**53 - 1  # what a JavaScript client can count to
 MAX_PATH = 1024
 RESERVED = "__ds/"  # the protocol's subscription APIs (not served here)
+# offloadd's own: a stream read with a token (as private answers are), shown once at creation
+ACCESS = "Stream-Access"
+READ_TOKEN = "Stream-Read-Token"
 
 
 def stream_path(request: web.Request) -> str:
@@ -135,19 +140,77 @@ def _answer(status: int, tail: int, closed: bool, extra: dict | None = None) -> 
     return web.Response(status=status, headers=headers)
 
 
+async def _caller(request: web.Request, charged: bool) -> tuple[str | None, Charge | None]:
+    """With auth on: the hash of the caller's API key (a stream's owner), and — for a
+    create or an append, which count against the key's plan — its charge."""
+    if not request.app[CONFIG].auth:
+        return None, None
+    key, keys = api_key(request), request.app[KEYS]
+    if charged:
+        return token_hash(key), await keys.charge(key)
+    await keys.check(key)
+    return token_hash(key), None
+
+
+def _limits(charge: Charge | None) -> dict:
+    return charge.limits.headers() if charge is not None and charge.limits else {}
+
+
+def _secrets(request: web.Request) -> list[str]:
+    """Whatever may open a private stream: its read token (header or `?token=`), or the
+    owner's API key."""
+    found = tokens(request, query_too=True)
+    if key := request.headers.get("X-API-Key"):
+        found.append(key)
+    return found
+
+
 async def put(request: web.Request) -> web.Response:
     """Create a stream (or a fork of one); the same again is a 200."""
     path, headers = stream_path(request), request.headers
-    ttl, expires_at, expires_ms = _expiry(headers)
-    fork_from, fork_offset, sub_offset = _fork(headers)
+    _expiry(headers)  # malformed headers are a 400 before the key is counted
+    _fork(headers)
     content_type = headers.get("Content-Type")
     if content_type is not None and not MEDIA.match(content_type.strip()):
         content_type = None
-    created = await request.app[STREAMS].create(
+    access = headers.get(ACCESS, "public").strip().lower()
+    if access not in ("public", "private"):
+        raise BadRequest(f"`{ACCESS}` is `public` or `private`", code="invalid_access")
+    body = await _body(request)
+    owner, charge = await _caller(request, charged=True)
+    try:
+        created = await _create(request, path, content_type, body, owner, access == "private")
+    except BaseException:
+        if charge is not None:
+            await request.app[KEYS].refund(charge)
+        raise
+    if not created.created and charge is not None:  # the same again: nothing was made
+        await request.app[KEYS].refund(charge)
+        charge = None
+    extra = {"Content-Type": created.content_type, **_limits(charge)}
+    if created.created:
+        extra["Location"] = public_base(request) + request.raw_path.split("?", 1)[0]
+    if created.token:
+        extra[READ_TOKEN] = created.token
+    return _answer(201 if created.created else 200, created.tail, created.closed, extra)
+
+
+async def _create(
+    request: web.Request,
+    path: str,
+    content_type: str | None,
+    body: bytes,
+    owner: str | None,
+    private: bool,
+):
+    headers = request.headers
+    ttl, expires_at, expires_ms = _expiry(headers)
+    fork_from, fork_offset, sub_offset = _fork(headers)
+    return await request.app[STREAMS].create(
         Create(
             path=path,
             content_type=content_type.strip() if content_type else None,
-            body=await _body(request),
+            body=body,
             ttl=ttl,
             expires_at=expires_at,
             expires_ms=expires_ms,
@@ -155,48 +218,59 @@ async def put(request: web.Request) -> web.Response:
             fork_from=fork_from,
             fork_offset=fork_offset,
             sub_offset=sub_offset,
+            owner=owner,
+            private=private,
         )
     )
-    extra = {"Content-Type": created.content_type}
-    if created.created:
-        extra["Location"] = public_base(request) + request.raw_path.split("?", 1)[0]
-    return _answer(201 if created.created else 200, created.tail, created.closed, extra)
 
 
 async def post(request: web.Request) -> web.Response:
     """Append, append and close, or close."""
     path, headers = stream_path(request), request.headers
     producer = _producer(headers)
-    done = await append(
-        request.app[STREAMS],
-        Append(
-            path=path,
-            body=await _body(request),
-            content_type=headers.get("Content-Type"),
-            close=is_true(headers.get(CLOSED)),
-            seq=headers.get(SEQ),
-            producer=producer,
-        ),
-    )
-    extra = {}
+    body = await _body(request)
+    owner, charge = await _caller(request, charged=True)
+    try:
+        done = await append(
+            request.app[STREAMS],
+            Append(
+                path=path,
+                body=body,
+                content_type=headers.get("Content-Type"),
+                close=is_true(headers.get(CLOSED)),
+                seq=headers.get(SEQ),
+                producer=producer,
+                owner=owner,
+            ),
+        )
+    except BaseException:
+        if charge is not None:
+            await request.app[KEYS].refund(charge)
+        raise
+    extra = _limits(charge)
     if done.producer is not None:
-        extra = {PRODUCER_EPOCH: str(done.producer[0]), PRODUCER_SEQ: str(done.producer[1])}
+        extra[PRODUCER_EPOCH] = str(done.producer[0])
+        extra[PRODUCER_SEQ] = str(done.producer[1])
     status = 200 if producer is not None and done.new_data else 204
     return _answer(status, done.tail, done.closed, extra)
 
 
 async def delete(request: web.Request) -> web.Response:
-    await request.app[STREAMS].delete(stream_path(request))
+    path = stream_path(request)
+    owner, _ = await _caller(request, charged=False)
+    await request.app[STREAMS].delete(path, owner)
     return web.Response(status=204, headers=SECURITY_HEADERS)
 
 
 async def get(request: web.Request) -> web.StreamResponse:
     """Read by the protocol: catch-up, long-poll or SSE (each touches a sliding TTL)."""
     durable.read_position(request)  # a malformed offset is a 400 before anything else
-    source, _ = await request.app[STREAMS].open(stream_path(request), touch=True)
+    path = stream_path(request)
+    source, _ = await request.app[STREAMS].open(path, touch=True, secrets=_secrets(request))
     return await durable.read(request, source)
 
 
 async def head(request: web.Request) -> web.Response:
-    source, chunk = await request.app[STREAMS].open(stream_path(request), touch=False)
+    path = stream_path(request)
+    source, chunk = await request.app[STREAMS].open(path, touch=False, secrets=_secrets(request))
     return durable.head(source, chunk.tail, chunk.closed)

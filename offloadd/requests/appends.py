@@ -18,7 +18,8 @@ from offloadd.protocol.durable import (
     format_offset,
     media_type,
 )
-from offloadd.requests.streams import Streams, require_live, stored_body, tail_of
+from offloadd.requests.stream_reads import tail_of
+from offloadd.requests.streams import Streams, check_owner, require_live, stored_body
 from offloadd.storage.streams import Stream
 
 
@@ -39,6 +40,7 @@ class Append:
     close: bool = False
     seq: str | None = None
     producer: Producer | None = None
+    owner: str | None = None  # the hash of the caller's API key (auth on)
 
 
 @dataclass
@@ -63,6 +65,7 @@ async def append(streams: Streams, request: Append) -> Appended:
 def _locked(streams: Streams, request: Append) -> Appended:
     with streams.files.locked(request.path) as stream:
         meta = require_live(streams.files, stream)
+        check_owner(meta, request.owner)
         stream.touch()  # any append, even one refused below, is an access (sliding TTL)
         if meta["closed"]:
             return _to_closed(stream, request)

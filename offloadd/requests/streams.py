@@ -10,33 +10,31 @@ before parent, so two changes never wait on each other in a cycle).
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import hmac
 import time
 import uuid
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from offloadd.errors import BadRequest, Conflict, Gone, NotFound
+from offloadd.domain.access import new_token, token_hash
+from offloadd.errors import BadRequest, Conflict, Forbidden, Gone, NotFound
 from offloadd.protocol.durable import EXPIRES_AT as EXPIRES_AT_HEADER
 from offloadd.protocol.durable import (
     JSON,
     NOW,
     TTL,
     BadJson,
-    BadOffset,
     count_messages,
     first_messages,
     json_messages,
     kind_of,
     media_type,
-    whole_lines,
 )
-from offloadd.requests.sources import READ_LIMIT, Chunk, Waiter
+from offloadd.requests.sources import Chunk
+from offloadd.requests.stream_reads import MAX_DEPTH, AppSource, read_chunk, read_range, tail_of
 from offloadd.requests.watch import Watch
 from offloadd.storage.streams import Stream, StreamFiles
 
 DEFAULT_TYPE = "application/octet-stream"
-MAX_DEPTH = 64  # fork chains deeper than this are refused
 
 
 @dataclass(frozen=True)
@@ -53,6 +51,8 @@ class Create:
     fork_from: str | None = None
     fork_offset: int | None = None  # None: the source's tail
     sub_offset: int = 0
+    owner: str | None = None  # the hash of the API key that makes it (auth on)
+    private: bool = False  # read with a token handed out now (or the owner's key)
 
 
 @dataclass
@@ -61,6 +61,25 @@ class Created:
     tail: int
     closed: bool
     content_type: str
+    token: str | None = None  # a private stream's read token, shown once
+
+
+def check_owner(meta: dict, owner: str | None) -> None:
+    """With auth on, only the key that made a stream changes it."""
+    if owner is not None and meta.get("owner") not in (None, owner):
+        raise Forbidden("this stream belongs to another API key", code="not_owner")
+
+
+def may_read(meta: dict, secrets: list[str]) -> bool:
+    """A public stream, or a private one with its read token or its owner's key."""
+    expected = meta.get("token_sha256")
+    if not expected:
+        return True
+    for secret in secrets:
+        digest = token_hash(secret)
+        if hmac.compare_digest(digest, expected) or digest == meta.get("owner"):
+            return True
+    return False
 
 
 def stored_body(body: bytes, content_type: str, allow_empty: bool) -> bytes:
@@ -71,11 +90,6 @@ def stored_body(body: bytes, content_type: str, allow_empty: bool) -> bytes:
         return json_messages(body, allow_empty)
     except BadJson as e:
         raise BadRequest(str(e), code="invalid_json") from None
-
-
-def tail_of(stream: Stream) -> int:
-    assert stream.meta is not None
-    return stream.meta["base"] + stream.size()
 
 
 def expired(stream: Stream, now: float | None = None) -> bool:
@@ -145,80 +159,25 @@ def remove(files: StreamFiles, stream: Stream, depth: int = 0) -> None:
         release(files, origin["source"], stream.path, depth)
 
 
-# --- reads ----------------------------------------------------------------------------
-
-
-def read_range(files: StreamFiles, path: str, start: int, end: int, depth: int = 0) -> bytes:
-    """Bytes [start, end) of a stream, its fork's inherited part read from its source."""
-    stream = files.stream(path)
-    meta = stream.load()
-    if meta is None or start >= end:
-        return b""
-    base, out = meta["base"], b""
-    if start < base and meta.get("fork") and depth < MAX_DEPTH:
-        out = read_range(files, meta["fork"]["source"], start, min(end, base), depth + 1)
-    if end > base:
-        own = max(start, base)
-        out += stream.read(own - base, end - own)
-    return out
-
-
-def read_chunk(files: StreamFiles, path: str, start: int, limit: int) -> Chunk:
-    """One read: closure is read first, so a closed stream's size is final."""
-    stream = files.stream(path)
-    meta = stream.load()
-    if meta is None:  # deleted under a reader: it ends
-        return Chunk(max(start, 0), b"", max(start, 0), max(start, 0), True)
-    closed, tail = meta["closed"], tail_of(stream)
-    start = tail if start == NOW else start
-    if start > tail:
-        raise BadOffset("the offset is past the end of the stream")
-    data = read_range(files, path, start, min(tail, start + limit))
-    if kind_of(meta["content_type"]) == JSON:
-        data = whole_lines(data)
-    return Chunk(start, data, start + len(data), tail, closed)
-
-
-@dataclass
-class AppSource:
-    """An application stream as the read path sees it (`requests/sources.py`)."""
-
-    files: StreamFiles
-    watcher: Watch
-    path: str
-    content_type: str
-    etag_key: str
-    private: bool = False
-    head_headers: dict = field(default_factory=dict)
-
-    @property
-    def kind(self) -> str:
-        return kind_of(self.content_type)
-
-    async def read(self, start: int, limit: int = READ_LIMIT) -> Chunk:
-        return await asyncio.to_thread(read_chunk, self.files, self.path, start, limit)
-
-    @contextlib.asynccontextmanager
-    async def watch(self) -> AsyncIterator[Waiter]:
-        with self.watcher.watching(self.files.stream(self.path)) as waiter:
-            yield waiter
-
-
 class Streams:
     """The streams of one data directory, for the HTTP side."""
 
     def __init__(self, files: StreamFiles, watcher: Watch):
         self.files, self.watcher = files, watcher
 
-    async def open(self, path: str, touch: bool) -> tuple[AppSource, Chunk]:
-        """A live stream to read (a GET touches a sliding TTL; a HEAD does not)."""
-        source, chunk = await asyncio.to_thread(self._open, path, touch)
-        return source, chunk
+    async def open(
+        self, path: str, touch: bool, secrets: list[str] | None = None
+    ) -> tuple[AppSource, Chunk]:
+        """A live stream to read (a GET touches a sliding TTL; a HEAD does not); a private
+        one only with its token (`secrets` None: the server itself reads)."""
+        return await asyncio.to_thread(self._open, path, touch, secrets)
 
-    def _open(self, path: str, touch: bool) -> tuple[AppSource, Chunk]:
+    def _open(self, path: str, touch: bool, secrets: list[str] | None) -> tuple[AppSource, Chunk]:
         stream = self.files.stream(path)
         stream.load()
         meta = require_live(self.files, stream)
+        if secrets is not None and not may_read(meta, secrets):
+            raise NotFound("no such stream")
         if touch:
             stream.touch()
         head = {}
@@ -231,7 +190,8 @@ class Streams:
             self.watcher,
             path,
             meta["content_type"],
-            f"{meta['generation']}",
+            meta["generation"] + (_scope(secrets or []) if meta.get("token_sha256") else ""),
+            private=bool(meta.get("token_sha256")),
             head_headers=head,
         )
         return source, read_chunk(self.files, path, NOW, 0)
@@ -256,6 +216,7 @@ class Streams:
         """The same PUT again is a 200; a different configuration a 409."""
         meta = stream.meta
         assert meta is not None
+        check_owner(meta, new.owner)
         fork = meta.get("fork") or {}
         wanted_type = new.content_type or (meta["content_type"] if new.fork_from else DEFAULT_TYPE)
         same = (
@@ -287,12 +248,18 @@ class Streams:
             "forks": [],
             "deleted": False,
             "created": time.time(),
+            "owner": new.owner,
         }
+        token = new_token() if new.private else None
+        if token:
+            meta["token_sha256"] = token_hash(token)
         if new.fork_from is None:
             initial = stored_body(new.body, meta["content_type"], allow_empty=True)
             stream.create(meta, initial)
-            return Created(True, len(initial), new.closed, meta["content_type"])
-        return self._fork(stream, new, meta)
+            return Created(True, len(initial), new.closed, meta["content_type"], token)
+        created = self._fork(stream, new, meta)
+        created.token = token
+        return created
 
     def _fork(self, stream: Stream, new: Create, meta: dict) -> Created:
         assert new.fork_from is not None
@@ -300,6 +267,9 @@ class Streams:
             raise NotFound("the stream to fork does not exist")
         with self.files.locked(new.fork_from) as source:
             found = state(self.files, source)
+            src_meta = source.meta or {}
+            if src_meta.get("token_sha256") and src_meta.get("owner") != new.owner:
+                found = "missing"  # a private stream of another key: not to be seen
             if found == "missing":
                 raise NotFound("the stream to fork does not exist")
             if found == "gone":
@@ -340,15 +310,20 @@ class Streams:
             raise BadRequest("the fork sub-offset is past the source's data", code="bad_offset")
         return first_messages(after, sub) if json else after[:sub]
 
-    async def delete(self, path: str) -> None:
-        await asyncio.to_thread(self._delete, path)
+    async def delete(self, path: str, owner: str | None = None) -> None:
+        await asyncio.to_thread(self._delete, path, owner)
         self.watcher.poke(path)
 
-    def _delete(self, path: str) -> None:
+    def _delete(self, path: str, owner: str | None) -> None:
         with self.files.locked(path) as stream:
-            require_live(self.files, stream)
+            check_owner(require_live(self.files, stream), owner)
             assert stream.meta is not None
             if referenced(self.files, stream):
                 stream.write_meta(dict(stream.meta, deleted=True))
             else:
                 remove(self.files, stream)
+
+
+def _scope(secrets: list[str]) -> str:
+    """What a private stream's ETag is keyed by: the credentials it was read with."""
+    return "." + token_hash("\n".join(secrets))[:16]
