@@ -180,3 +180,37 @@ async def test_an_offset_past_the_tail_is_a_400(client):
     await client.put("/v1/stream/t", data=b"abc", headers=TEXT)
     resp = await client.get(f"/v1/stream/t?offset={format_offset(4)}")
     assert resp.status == 400
+
+
+class TestRetention:
+    async def test_expired_streams_are_removed_by_housekeeping(self, make_client, data_dir):
+        client = await make_client()
+        past = {**TEXT, "Stream-Expires-At": "2001-01-01T00:00:00Z"}
+        assert (await client.put("/v1/stream/old", data=b"x", headers=past)).status == 201
+        assert (await client.put("/v1/stream/kept", data=b"y", headers=TEXT)).status == 201
+        assert (await client.head("/v1/stream/old")).status == 404  # refused at once
+        await make_client()  # another daemon: its housekeeping starts with a sweep
+        async with asyncio.timeout(10):
+            while (data_dir / "streams" / "old.data").exists():
+                await asyncio.sleep(0.02)
+        assert not (data_dir / "streams" / "old.meta").exists()
+        assert (await client.head("/v1/stream/kept")).status == 200
+
+    async def test_gc_removes_streams_idle_past_the_cutoff(self, client, data_dir):
+        import os
+
+        from click.testing import CliRunner
+
+        from offloadd import cli
+
+        await client.put("/v1/stream/idle", data=b"x", headers=TEXT)
+        await client.put("/v1/stream/busy", data=b"y", headers=TEXT)
+        long_ago = 1_000_000_000
+        os.utime(data_dir / "streams" / "idle.data", (long_ago, long_ago))
+        args = ["gc", "--older-than", "30d", "--data", str(data_dir)]
+        dry = CliRunner().invoke(cli.main, [*args, "--dry-run"])
+        assert "stream idle" in dry.output and (data_dir / "streams" / "idle.data").exists()
+        done = CliRunner().invoke(cli.main, args)
+        assert done.exit_code == 0 and "1 stream(s)" in done.output
+        assert (await client.head("/v1/stream/idle")).status == 404
+        assert (await client.head("/v1/stream/busy")).status == 200

@@ -40,6 +40,7 @@ from offloadd.requests.readers import Hub
 from offloadd.requests.runner import Runner
 from offloadd.requests.sessions import Sessions
 from offloadd.requests.streams import Streams
+from offloadd.requests.streams import collect as collect_streams
 from offloadd.requests.watch import Watch
 from offloadd.storage.registry import Registry
 from offloadd.storage.retention import collect
@@ -48,6 +49,7 @@ from offloadd.storage.streams import StreamFiles
 from offloadd.upstream.call import Upstream
 
 log = logging.getLogger("offloadd.web")
+STREAMS_GC_SECONDS = 60.0
 
 
 def make_app(
@@ -177,6 +179,7 @@ async def _runner_ctx(app: web.Application) -> AsyncIterator[None]:
     }
     if config.retention_seconds:
         jobs["offloadd-retention"] = _retention(config.data, config.retention_seconds)
+    jobs["offloadd-streams-gc"] = _streams_gc(app[STREAMS].files, config.retention_seconds)
     tasks = [_supervised(app, job, name) for name, job in jobs.items()]
     yield
     for task in tasks:
@@ -209,6 +212,20 @@ async def _retention(data: Path, seconds: float) -> None:
         if removed:
             log.info("retention: removed %d conversation(s)", len(removed))
         await asyncio.sleep(min(3600.0, max(1.0, seconds / 10)))
+
+
+async def _streams_gc(files: StreamFiles, retention: float | None) -> None:
+    """Expired application streams are removed, not only refused (and, with `--retention`,
+    streams idle for longer): every minute, in a worker thread."""
+    while True:
+        try:
+            removed = await asyncio.to_thread(collect_streams, files, retention)
+        except Exception:  # a disk that fails now may not next time: serving goes on
+            log.exception("streams: housekeeping failed")
+        else:
+            if removed:
+                log.info("streams: removed %d expired or idle stream(s)", len(removed))
+        await asyncio.sleep(STREAMS_GC_SECONDS)
 
 
 async def _shutdown(app: web.Application) -> None:

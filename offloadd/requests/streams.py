@@ -10,6 +10,7 @@ before parent, so two changes never wait on each other in a cycle).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import time
 import uuid
@@ -32,6 +33,7 @@ from offloadd.protocol.durable import (
 from offloadd.requests.sources import Chunk
 from offloadd.requests.stream_reads import MAX_DEPTH, AppSource, read_chunk, read_range, tail_of
 from offloadd.requests.watch import Watch
+from offloadd.storage.store import StorageError
 from offloadd.storage.streams import Stream, StreamFiles
 
 DEFAULT_TYPE = "application/octet-stream"
@@ -327,3 +329,30 @@ class Streams:
 def _scope(secrets: list[str]) -> str:
     """What a private stream's ETag is keyed by: the credentials it was read with."""
     return "." + token_hash("\n".join(secrets))[:16]
+
+
+def collect(
+    files: StreamFiles, older_than: float | None, dry_run: bool = False, now: float | None = None
+) -> list[str]:
+    """Housekeeping (and `offloadd gc`, `--retention`): remove expired streams, soft-deleted
+    ones nothing reads any more, and — with a cutoff — streams neither read nor written
+    for that long (soft-deleted instead while a live fork reads through them). The paths
+    removed (or, with `dry_run`, that would be)."""
+    now = time.time() if now is None else now
+    removed = []
+    for found in files.all():
+        with contextlib.suppress(StorageError), files.locked(found.path) as stream:
+            meta = stream.meta
+            if meta is None:
+                continue
+            stale = older_than is not None and now - stream.last_access() >= older_than
+            if not (meta.get("deleted") or expired(stream, now) or stale):
+                continue
+            if referenced(files, stream):
+                if stale and not meta.get("deleted") and not dry_run:
+                    stream.write_meta(dict(meta, deleted=True))
+                continue
+            removed.append(stream.path)
+            if not dry_run:
+                remove(files, stream)
+    return removed
