@@ -24,6 +24,7 @@ def nginx_conf(tmp: Path, listen: int, backend: int, data: Path) -> Path:
     server = server.replace("server 127.0.0.1:8080;", f"server 127.0.0.1:{backend};")
     server = server.replace("listen 80;", f"listen 127.0.0.1:{listen};")
     server = server.replace("/var/lib/offloadd", str(data))
+    server = server.replace("/var/cache/nginx/offloadd", str(tmp / "cache"))
     temp = "\n".join(
         f"    {kind}_temp_path {tmp}/{kind};"
         for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")

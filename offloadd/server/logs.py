@@ -1,7 +1,8 @@
 """Logging: one JSON object per request, with the path but never the query or headers.
 
 Query strings carry private stream tokens and headers carry keys, so neither
-is ever logged.
+is ever logged — but for a Durable Streams read's `offset` and `live`, which say which
+part of a stream was asked for (and how many readers a cache in front let through).
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ class AccessLogger(AbstractAccessLogger):
             "bytes": response.body_length,
             "seconds": round(time, 6),
         }
+        if (offset := request.query.get("offset")) is not None:
+            line["offset"] = offset[:40]
+            line["live"] = request.query.get("live", "")[:20]
         self.logger.info(orjson.dumps(line).decode())
 
 
