@@ -214,3 +214,22 @@ class TestRetention:
         assert done.exit_code == 0 and "1 stream(s)" in done.output
         assert (await client.head("/v1/stream/idle")).status == 404
         assert (await client.head("/v1/stream/busy")).status == 200
+
+
+async def test_concurrent_appends_are_each_acknowledged_at_their_own_boundary(client):
+    """Appends that arrive together are written together (one fsync), each still answered
+    with the offset just after its own bytes."""
+    await client.put("/v1/stream/many", headers=TEXT)
+    bodies = [f"<{i:02d}>".encode() * (i + 1) for i in range(50)]
+    answers = await asyncio.gather(
+        *(client.post("/v1/stream/many", data=body, headers=TEXT) for body in bodies)
+    )
+    assert all(a.status == 204 for a in answers)
+    data = await (await client.get("/v1/stream/many?offset=-1")).read()
+    assert sorted(data[i : i + 4] for i in range(0, len(data), 4)) == sorted(
+        b"<%02d>" % i for i in range(50) for _ in range(i + 1)
+    )
+    ends = [int(a.headers["Stream-Next-Offset"].split("_")[1]) for a in answers]
+    for body, end in zip(bodies, ends, strict=True):  # each just after its own bytes
+        assert data[end - len(body) : end] == body
+    assert max(ends) == len(data) and len(set(ends)) == 50

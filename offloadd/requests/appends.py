@@ -6,9 +6,9 @@ synced before the append is acknowledged, then its state."""
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from offloadd.errors import BadRequest, Conflict, Forbidden
+from offloadd.errors import ApiError, BadRequest, Conflict, Forbidden, Unavailable
 from offloadd.protocol.durable import (
     CLOSED,
     EXPECTED_SEQ,
@@ -18,8 +18,8 @@ from offloadd.protocol.durable import (
     format_offset,
     media_type,
 )
-from offloadd.requests.stream_reads import tail_of
 from offloadd.requests.streams import Streams, check_owner, require_live, stored_body
+from offloadd.storage.store import StorageError
 from offloadd.storage.streams import Stream
 
 
@@ -52,48 +52,114 @@ class Appended:
 
 
 async def append(streams: Streams, request: Append) -> Appended:
-    """Append (and/or close); checks that need no stream come first."""
+    """Append (and/or close); checks that need no stream come first. Appends to one stream
+    that arrive while another is being written go to disk together: one lock, one write,
+    one fsync for all of them (group commit), each still checked and answered alone."""
     if not request.body and not request.close:
         raise BadRequest("an append needs a body (or `Stream-Closed: true`)", code="empty_body")
     if request.body and request.content_type is None:
         raise BadRequest("an append needs a `Content-Type`", code="missing_content_type")
-    done = await asyncio.to_thread(_locked, streams, request)
-    streams.watcher.poke(request.path)
-    return done
+    done = asyncio.get_running_loop().create_future()
+    streams.pending.setdefault(request.path, []).append((request, done))
+    if request.path not in streams.writers:
+        task = asyncio.create_task(_write(streams, request.path), name="offloadd-append")
+        streams.writers[request.path] = task
+    result = await asyncio.shield(done)  # a caller that leaves does not undo its append
+    if isinstance(result, BaseException):
+        raise result
+    return result
 
 
-def _locked(streams: Streams, request: Append) -> Appended:
-    with streams.files.locked(request.path) as stream:
-        meta = require_live(streams.files, stream)
-        check_owner(meta, request.owner)
-        stream.touch()  # any append, even one refused below, is an access (sliding TTL)
-        if meta["closed"]:
-            return _to_closed(stream, request)
-        if request.body and media_type(request.content_type or "") != media_type(
-            meta["content_type"]
-        ):
-            raise Conflict("the body's content type is not the stream's")
-        producer = request.producer
-        if producer is not None and (dup := _duplicate(meta, producer)) is not None:
-            return Appended(tail_of(stream), False, False, dup)
-        if request.seq is not None and meta["seq"] is not None:
-            if request.seq.encode() <= meta["seq"].encode():
-                raise Conflict("`Stream-Seq` must increase", code="seq_conflict")
-        data = b""
-        if request.body:
-            data = stored_body(request.body, meta["content_type"], allow_empty=False)
-            stream.append(data)
-        _commit(stream, request)
-        answer = (producer.epoch, producer.seq) if producer else None
-        return Appended(tail_of(stream), request.close, bool(data), answer)
+async def _write(streams: Streams, path: str) -> None:
+    """Write the appends waiting for one stream, batch after batch, until none wait."""
+    try:
+        while batch := streams.pending.pop(path, None):
+            try:
+                results = await asyncio.to_thread(_batch, streams, path, [r for r, _ in batch])
+            except Exception as e:  # a bug or a disk error: every append of the batch fails
+                results = [e] * len(batch)
+            except asyncio.CancelledError:  # shutdown: the callers get an answer, not a hang
+                streams.pending.setdefault(path, [])[:0] = batch
+                raise
+            for (_, done), result in zip(batch, results, strict=True):
+                if not done.done():
+                    done.set_result(result)
+            streams.watcher.poke(path)
+    finally:
+        del streams.writers[path]
+        for _, done in streams.pending.pop(path, []):  # cancelled (shutdown): none written
+            done.set_result(Unavailable("the server is shutting down"))
 
 
-def _to_closed(stream: Stream, request: Append) -> Appended:
+@dataclass
+class _Batch:
+    stream: Stream
+    size: int  # own bytes on disk and to be written
+    data: bytearray = field(default_factory=bytearray)
+    changed: bool = False  # the metadata changed
+
+    @property
+    def tail(self) -> int:
+        assert self.stream.meta is not None
+        return self.stream.meta["base"] + self.size
+
+
+def _batch(streams: Streams, path: str, requests: list[Append]) -> list[Appended | Exception]:
+    """(In a worker thread.) Check and apply each append in order under the lock, then
+    write their data, sync it, and then their metadata; nothing is acknowledged unsynced."""
+    with streams.files.locked(path) as stream:
+        batch = _Batch(stream, stream.size())
+        results: list[Appended | Exception] = []
+        for request in requests:
+            try:
+                results.append(_apply(streams, batch, request))
+            except ApiError as e:
+                results.append(e)
+        if not any(isinstance(r, Appended) for r in results):
+            return results
+        try:
+            if batch.data:
+                stream.append(bytes(batch.data))
+            if batch.changed and stream.meta is not None:
+                stream.write_meta(stream.meta)
+        except StorageError as e:
+            return [e if isinstance(r, Appended) else r for r in results]
+        return results
+
+
+def _apply(streams: Streams, batch: _Batch, request: Append) -> Appended:
+    """One append's checks, in the order the protocol's suite pins, against the stream as
+    the appends before it in the batch left it."""
+    stream = batch.stream
+    meta = require_live(streams.files, stream)
+    check_owner(meta, request.owner)
+    stream.touch()  # any append, even one refused below, is an access (sliding TTL)
+    if meta["closed"]:
+        return _to_closed(batch, request)
+    if request.body and media_type(request.content_type or "") != media_type(meta["content_type"]):
+        raise Conflict("the body's content type is not the stream's")
+    producer = request.producer
+    if producer is not None and (dup := _duplicate(meta, producer)) is not None:
+        return Appended(batch.tail, False, False, dup)
+    if request.seq is not None and meta["seq"] is not None:
+        if request.seq.encode() <= meta["seq"].encode():
+            raise Conflict("`Stream-Seq` must increase", code="seq_conflict")
+    data = b""
+    if request.body:
+        data = stored_body(request.body, meta["content_type"], allow_empty=False)
+        batch.data += data
+        batch.size += len(data)
+    _commit(batch, request)
+    answer = (producer.epoch, producer.seq) if producer else None
+    return Appended(batch.tail, request.close, bool(data), answer)
+
+
+def _to_closed(batch: _Batch, request: Append) -> Appended:
     """A closed stream takes nothing more; the request that closed it, repeated, is a
     duplicate (204), as a bare close is."""
-    meta = stream.meta
+    meta = batch.stream.meta
     assert meta is not None
-    producer, tail = request.producer, tail_of(stream)
+    producer, tail = request.producer, batch.tail
     closing = meta.get("closed_by")
     if producer is not None and closing == [producer.id, producer.epoch, producer.seq]:
         return Appended(tail, True, False, (producer.epoch, producer.seq))
@@ -140,9 +206,9 @@ def _gap(expected: int, received: int) -> Conflict:
     )
 
 
-def _commit(stream: Stream, request: Append) -> None:
-    """What the append changed besides the data, written after it (only when something did)."""
-    meta = stream.meta
+def _commit(batch: _Batch, request: Append) -> None:
+    """What the append changed besides the data (written after the data, if anything)."""
+    meta = batch.stream.meta
     assert meta is not None
     changes: dict = {}
     producer = request.producer
@@ -155,4 +221,5 @@ def _commit(stream: Stream, request: Append) -> None:
         if producer is not None:
             changes["closed_by"] = [producer.id, producer.epoch, producer.seq]
     if changes:
-        stream.write_meta({**meta, **changes})
+        batch.stream.meta = {**meta, **changes}
+        batch.changed = True

@@ -15,6 +15,7 @@ import hmac
 import time
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 from offloadd.domain.access import new_token, token_hash
 from offloadd.errors import BadRequest, Conflict, Forbidden, Gone, NotFound
@@ -166,6 +167,9 @@ class Streams:
 
     def __init__(self, files: StreamFiles, watcher: Watch):
         self.files, self.watcher = files, watcher
+        # appends waiting for their stream's writer, and the writers (requests/appends.py)
+        self.pending: dict[str, list[tuple[Any, asyncio.Future]]] = {}
+        self.writers: dict[str, asyncio.Task] = {}
 
     async def open(
         self, path: str, touch: bool, secrets: list[str] | None = None
