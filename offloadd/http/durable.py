@@ -195,6 +195,8 @@ async def _sse(request: web.Request, source: Source, pos: int) -> web.StreamResp
                     break
                 if not chunk.at_tail:
                     chunk = None
+                    if loop.time() >= close_at:  # a reader far behind reconnects too
+                        break
                     continue
                 chunk = None
                 wait = min(config.keepalive_seconds, close_at - loop.time())
