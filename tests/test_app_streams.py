@@ -11,6 +11,7 @@ import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_hostile import small_disk  # noqa: F401  (a fixture)
 
 from offloadd.protocol.durable import format_offset
 
@@ -233,3 +234,25 @@ async def test_concurrent_appends_are_each_acknowledged_at_their_own_boundary(cl
     for body, end in zip(bodies, ends, strict=True):  # each just after its own bytes
         assert data[end - len(body) : end] == body
     assert max(ends) == len(data) and len(set(ends)) == 50
+
+
+async def test_a_full_disk_refuses_appends_and_loses_nothing_acknowledged(
+    small_disk,  # noqa: F811  (the fixture of test_hostile)
+    make_client,
+):
+    client = await make_client(data=small_disk / "data")
+    octets = {"Content-Type": "application/octet-stream"}
+    assert (await client.put("/v1/stream/big", headers=octets)).status == 201
+    acknowledged, refused = b"", None
+    for i in range(20):  # 20 × 100 KiB: more than the 1 MiB disk holds
+        block = bytes([i]) * (100 * 1024)
+        resp = await client.post("/v1/stream/big", data=block, headers=octets)
+        if resp.status != 204:
+            refused = resp
+            break
+        acknowledged += block
+    assert refused is not None and refused.status == 503
+    assert (await refused.json())["error"]["code"] == "storage_unavailable"
+    read = await client.get("/v1/stream/big?offset=-1")
+    assert await read.read() == acknowledged  # no part of the refused append
+    assert (small_disk / "data" / "streams" / "big.data").stat().st_size == len(acknowledged)

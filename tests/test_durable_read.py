@@ -284,3 +284,23 @@ class TestTypeScriptClient:
         token = answer["authorization"]["bearer_token"]
         out, _ = await read_with_client(url, "long-poll", "--param", f"token={token}")
         assert out == file_of(data_dir, url).read_bytes()
+
+
+class TestMore:
+    async def test_an_async_request_is_read_the_same_way(self, api, data_dir):
+        answer = await api.create(path="/v1/async-chatgpt", model="mock?tokens=5")
+        url = answer["endpoints"]["status_url"].replace(".json", ".txt")
+        assert "/2/r/" in url
+        got, _ = await long_poll_all(api, url)
+        assert got == file_of(data_dir, url).read_bytes()
+
+    async def test_an_sse_read_ends_after_its_time_and_resumes(self, make_api, data_dir):
+        api = await make_api(sse_seconds=0.3)
+        url, _ = await live(api, model="mock?tokens=60&delay_ms=30")
+        resp = await api.get(f"{url}?offset=-1&live=sse")
+        events = parse_all(await resp.read())  # ends long before the answer does
+        last = orjson.loads([e for e in events if e.event == "control"][-1].data)
+        assert "streamClosed" not in last
+        got, _ = await long_poll_all(api, url, last["streamNextOffset"])
+        raw = file_of(data_dir, url).read_bytes()
+        assert raw[: int(last["streamNextOffset"].split("_")[1])] + got == raw
