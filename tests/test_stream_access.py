@@ -110,3 +110,15 @@ async def test_public_streams_are_read_by_anyone(authed):
 async def test_no_auth_needs_no_key(client):
     assert (await client.put("/v1/stream/s", data=b"a", headers=TEXT)).status == 201
     assert (await client.post("/v1/stream/s", data=b"b", headers=TEXT)).status == 204
+
+
+async def test_a_session_stream_must_be_the_callers(authed):
+    client, keys = authed
+    json_type = {"Content-Type": "application/json"}
+    await client.put("/v1/stream/chat", headers={**key(keys["owner"]), **json_type})
+    body = {"messages": [{"role": "user", "content": "hi"}], "session_stream": "chat"}
+    headers = {"X-OpenAI-API-Key": "sk-x", "X-API-Key": keys["other"]}
+    resp = await client.post("/v1/stream-chatgpt", json=body, headers=headers)
+    assert resp.status == 404 and (await resp.json())["error"]["code"] == "session_not_found"
+    headers["X-API-Key"] = keys["owner"]
+    assert (await client.post("/v1/stream-chatgpt", json=body, headers=headers)).status == 200

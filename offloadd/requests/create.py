@@ -86,7 +86,7 @@ class Creator:
         if options.session_stream:
             if self.sessions is None:
                 raise Unavailable("session streams are not ready yet", code="not_ready")
-            session = await self.sessions.check(options.session_stream)
+            session = await self.sessions.check(options.session_stream, new.caller)
         scope = hashlib.sha256((new.caller or "").encode()).hexdigest()
         idem = new.idempotency_key
         if idem is not None:

@@ -21,6 +21,7 @@ from urllib.parse import unquote, urlsplit
 
 import orjson
 
+from offloadd.domain.access import token_hash
 from offloadd.errors import ApiError, BadRequest, NotFound
 from offloadd.protocol.durable import JSON, kind_of
 from offloadd.protocol.sse import DONE, SSEParser
@@ -70,11 +71,14 @@ class Sessions:
         self.streams, self.hub, self.runner = streams, hub, runner
         self.followers: set[asyncio.Task] = set()
 
-    async def check(self, value: str) -> str:
-        """Before the create is counted: the session stream exists, is open and is JSON."""
+    async def check(self, value: str, caller: str | None) -> str:
+        """Before the create is counted: the session stream exists, is the caller's (with
+        auth on), is open and is JSON."""
         path = session_path(value)
         try:
             source, chunk = await self.streams.open(path, touch=False)
+            if caller is not None and source.owner not in (None, token_hash(caller)):
+                raise NotFound("not the caller's stream")
         except ApiError:
             raise NotFound(
                 f"no stream {path!r} for `session_stream`", code="session_not_found"

@@ -65,6 +65,7 @@ class AppSource:
     etag_key: str
     private: bool = False
     head_headers: dict = field(default_factory=dict)
+    owner: str | None = None  # the hash of the API key that made it (auth on)
 
     @property
     def kind(self) -> str:

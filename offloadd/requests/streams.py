@@ -199,6 +199,7 @@ class Streams:
             meta["generation"] + (_scope(secrets or []) if meta.get("token_sha256") else ""),
             private=bool(meta.get("token_sha256")),
             head_headers=head,
+            owner=meta.get("owner"),
         )
         return source, read_chunk(self.files, path, NOW, 0)
 

@@ -26,9 +26,10 @@ class AccessLogger(AbstractAccessLogger):
             "bytes": response.body_length,
             "seconds": round(time, 6),
         }
-        if (offset := request.query.get("offset")) is not None:
+        query = request.rel_url.query
+        if (offset := query.get("offset")) is not None:
             line["offset"] = offset[:40]
-            line["live"] = request.query.get("live", "")[:20]
+            line["live"] = query.get("live", "")[:20]
         self.logger.info(orjson.dumps(line).decode())
 
 
