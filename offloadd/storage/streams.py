@@ -158,7 +158,7 @@ class Stream:
         try:
             meta = self.file(".meta").stat()
             return (self.size(), meta.st_mtime_ns, meta.st_ino)
-        except FileNotFoundError:
+        except OSError:  # gone (or unreadable for now): a change its readers look at
             return (None,)
 
 
