@@ -11,7 +11,7 @@ import time
 
 from aiohttp import web
 
-from offloadd.errors import BadRequest
+from offloadd.errors import BadRequest, NotFound
 from offloadd.http.appkeys import CONFIG
 from offloadd.protocol.durable import (
     BINARY,
@@ -68,6 +68,8 @@ async def read(request: web.Request, source: Source) -> web.StreamResponse:
         return _catch_up(request, source, await source.read(pos), pos == NOW)
     except BadOffset as e:
         raise BadRequest(f"bad offset: {e}", code="bad_offset") from None
+    except FileNotFoundError:  # removed meanwhile (retention)
+        raise NotFound("no such stream") from None
 
 
 def head(source: Source, tail: int, closed: bool) -> web.Response:
@@ -180,7 +182,7 @@ async def _sse(request: web.Request, source: Source, pos: int) -> web.StreamResp
     loop = asyncio.get_running_loop()
     close_at = loop.time() + config.sse_seconds
     token = _cursor(request)
-    with contextlib.suppress(ConnectionResetError):
+    with contextlib.suppress(ConnectionResetError, FileNotFoundError):
         async with source.watch() as watch:
             sent = False
             while True:
