@@ -135,7 +135,15 @@ async def cors_middleware(request: web.Request, handler) -> web.StreamResponse:
 
 async def preflight(request: web.Request) -> web.Response:
     headers = cors_headers(request)
-    if "Access-Control-Allow-Origin" in headers:
+    if "Access-Control-Allow-Origin" in headers and request.path.startswith(STREAMS_PREFIX):
+        headers.update(
+            {
+                "Access-Control-Allow-Methods": "GET, POST, PUT, DELETE, HEAD, OPTIONS",
+                "Access-Control-Allow-Headers": durable.REQUEST_HEADERS,
+                "Access-Control-Max-Age": "86400",
+            }
+        )
+    elif "Access-Control-Allow-Origin" in headers:
         headers.update(
             {
                 "Access-Control-Allow-Methods": "GET, POST, OPTIONS",

@@ -3,7 +3,8 @@
 Query strings carry private stream tokens and headers carry keys, so neither
 is ever logged. The one exception is a Durable Streams `offset` this server could
 have handed out (digits, or `-1`/`now`): it carries nothing private, and it is how
-an operator sees what a cache in front lets through (docs/deployment-cache.md).
+an operator sees what a cache in front lets through (docs/deployment-cache.md);
+likewise its `live` mode, when it is one the protocol knows.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ class AccessLogger(AbstractAccessLogger):
         }
         if (offset := _offset(request)) is not None:
             line["offset"] = offset
+            live = request.rel_url.query.get("live", "")
+            line["live"] = live if live in ("long-poll", "sse") else ""
         self.logger.info(orjson.dumps(line).decode())
 
 
