@@ -80,6 +80,26 @@ class TestBadInput:
         read = await client.get("/v1/stream/j?offset=-1")
         assert await read.json() == [1]
 
+    @pytest.mark.parametrize(
+        "name",
+        ["Stream-TTL", "Producer-Epoch", "Producer-Seq", "Stream-Fork-Sub-Offset", "cursor"],
+    )
+    async def test_numbers_of_thousands_of_digits_are_a_400_not_a_500(self, client, name):
+        huge = "9" * 5000  # past what Python's int() takes from a string
+        await client.put("/v1/stream/n", data=b"x", headers=TEXT)
+        if name == "cursor":
+            resp = await client.get(f"/v1/stream/n?offset=-1&live=long-poll&cursor={huge}")
+            assert resp.status == 200
+            return
+        headers = {name: huge, "Producer-Id": "p", "Producer-Epoch": "0", "Producer-Seq": "0"}
+        headers[name] = huge
+        if name == "Stream-Fork-Sub-Offset":
+            headers = {name: huge, "Stream-Forked-From": "/v1/stream/n"}
+        method = client.put if name in ("Stream-TTL", "Stream-Fork-Sub-Offset") else client.post
+        resp = await method("/v1/stream/n2" if method == client.put else "/v1/stream/n",
+                            data=b"y", headers={**TEXT, **headers})  # fmt: skip
+        assert resp.status == 400, await resp.text()
+
     @settings(
         max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
     )

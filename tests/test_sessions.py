@@ -10,6 +10,8 @@ import orjson
 import pytest
 from test_durable_read import _node
 
+from helpers import eventually
+
 JS = Path(__file__).parent / "js"
 JSON_TYPE = {"Content-Type": "application/json"}
 
@@ -21,12 +23,11 @@ async def session_messages(api, path: str) -> list:
 
 
 async def wait_ends(api, path: str, n: int) -> list:
-    async with asyncio.timeout(15):
-        while True:
-            messages = await session_messages(api, path)
-            if sum(m.get("type") == "answer.end" for m in messages) >= n:
-                return messages
-            await asyncio.sleep(0.05)
+    async def ended() -> list | None:
+        messages = await session_messages(api, path)
+        return messages if sum(m.get("type") == "answer.end" for m in messages) >= n else None
+
+    return await eventually(ended, timeout=15)
 
 
 async def test_a_session_follows_app_messages_and_two_answers(api):
@@ -66,6 +67,16 @@ async def test_a_session_follows_app_messages_and_two_answers(api):
         assert "".join(m["text"] for m in deltas) == end["text"] == text
         assert end["status"] == "done" and end["usage"]["completion_tokens"] > 0
         assert end["error"] is None
+
+
+async def test_a_private_answer_shows_its_urls_never_its_token(api):
+    assert (await api.client.put("/v1/stream/chat-p", headers=JSON_TYPE)).status == 201
+    answer = await api.create(model="mock?tokens=3", access="private", session_stream="chat-p")
+    token = answer["authorization"]["bearer_token"]
+    messages = await wait_ends(api, "chat-p", 1)
+    start = next(m for m in messages if m["type"] == "answer.start")
+    assert start["endpoints"]["status_url"] == answer["endpoints"]["status_url"]
+    assert token not in orjson.dumps(messages).decode()
 
 
 @pytest.mark.parametrize(

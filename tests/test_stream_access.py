@@ -122,3 +122,14 @@ async def test_a_session_stream_must_be_the_callers(authed):
     assert resp.status == 404 and (await resp.json())["error"]["code"] == "session_not_found"
     headers["X-API-Key"] = keys["owner"]
     assert (await client.post("/v1/stream-chatgpt", json=body, headers=headers)).status == 200
+
+
+async def test_a_fork_of_a_private_stream_is_as_private_as_its_source(client):
+    """With or without auth: the fork's bytes are its source's, so is who may read them."""
+    made = await client.put("/v1/stream/ps", data=b"secret", headers={"Stream-Access": "private"})
+    token = made.headers["Stream-Read-Token"]
+    fork = await client.put("/v1/stream/pf", headers={"Stream-Forked-From": "/v1/stream/ps"})
+    assert fork.status == 201 and "Stream-Read-Token" not in fork.headers
+    assert (await client.get("/v1/stream/pf?offset=-1")).status == 404
+    read = await client.get(f"/v1/stream/pf?offset=-1&token={token}")
+    assert await read.read() == b"secret"

@@ -241,3 +241,4 @@ async def _shutdown(app: web.Application) -> None:
     await app[RUNNER].close()
     if (sessions := app[CREATOR].sessions) is not None:
         await sessions.close()  # the answers' ends into their session streams
+    await app[STREAMS].close()

@@ -65,7 +65,8 @@ def is_true(value: str | None) -> bool:
 
 
 def _natural(name: str, value: str, pattern: re.Pattern = NATURAL) -> int:
-    if not pattern.fullmatch(value) or int(value) > MAX_SAFE:
+    # the length first: int() of thousands of digits is refused by Python itself
+    if len(value) > 16 or not pattern.fullmatch(value) or int(value) > MAX_SAFE:
         raise BadRequest(f"`{name}` must be a non-negative integer", code=f"bad_{name.lower()}")
     return int(value)
 

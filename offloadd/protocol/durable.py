@@ -96,7 +96,7 @@ def query_offset(values: list[str]) -> int | None:
 
 CURSOR_EPOCH_MS = 1728432000000  # 2024-10-09T00:00:00.000Z
 CURSOR_INTERVAL_MS = 20_000
-_LEADING_DIGITS = re.compile(r"\s*[+-]?\d+")
+_LEADING_DIGITS = re.compile(r"\s*[+-]?[0-9]{1,16}")  # more digits: a far future, as good
 
 
 def cursor(now_ms: float, client: str | None, rng: random.Random | None = None) -> str:

@@ -71,24 +71,35 @@ async def append(streams: Streams, request: Append) -> Appended:
 
 
 async def _write(streams: Streams, path: str) -> None:
-    """Write the appends waiting for one stream, batch after batch, until none wait."""
+    """Write the appends waiting for one stream, batch after batch, until none wait. A
+    batch the worker thread began is finished and answered as it went, shutdown or not."""
     try:
         while batch := streams.pending.pop(path, None):
+            requests = [r for r, _ in batch]
+            writing = asyncio.ensure_future(asyncio.to_thread(_batch, streams, path, requests))
             try:
-                results = await asyncio.to_thread(_batch, streams, path, [r for r, _ in batch])
-            except Exception as e:  # a bug or a disk error: every append of the batch fails
-                results = [e] * len(batch)
-            except asyncio.CancelledError:  # shutdown: the callers get an answer, not a hang
-                streams.pending.setdefault(path, [])[:0] = batch
+                await asyncio.shield(writing)
+            except asyncio.CancelledError:
+                await asyncio.wait({writing})
+                _answer(batch, writing)
                 raise
-            for (_, done), result in zip(batch, results, strict=True):
-                if not done.done():
-                    done.set_result(result)
+            _answer(batch, writing)
             streams.watcher.poke(path)
     finally:
         del streams.writers[path]
         for _, done in streams.pending.pop(path, []):  # cancelled (shutdown): none written
             done.set_result(Unavailable("the server is shutting down"))
+
+
+def _answer(batch: list[tuple[Append, asyncio.Future]], writing: asyncio.Future) -> None:
+    """Each append of a batch gets its own result (a bug or a disk error: all fail)."""
+    try:
+        results = writing.result()
+    except Exception as e:
+        results = [e] * len(batch)
+    for (_, done), result in zip(batch, results, strict=True):
+        if not done.done():
+            done.set_result(result)
 
 
 @dataclass
@@ -109,6 +120,7 @@ def _batch(streams: Streams, path: str, requests: list[Append]) -> list[Appended
     write their data, sync it, and then their metadata; nothing is acknowledged unsynced."""
     with streams.files.locked(path) as stream:
         batch = _Batch(stream, stream.size())
+        before, meta_before = batch.size, stream.meta
         results: list[Appended | Exception] = []
         for request in requests:
             try:
@@ -122,7 +134,9 @@ def _batch(streams: Streams, path: str, requests: list[Append]) -> list[Appended
                 stream.append(bytes(batch.data))
             if batch.changed and stream.meta is not None:
                 stream.write_meta(stream.meta)
-        except StorageError as e:
+        except StorageError as e:  # none of the batch is kept: a retry appends it once
+            stream.meta = meta_before
+            stream.truncate(before)
             return [e if isinstance(r, Appended) else r for r in results]
         return results
 

@@ -33,6 +33,10 @@ from offloadd.requests.streams import Streams
 from offloadd.storage.layout import STREAMS_PREFIX, Location
 from offloadd.storage.store import StorageError
 
+# what `answer.start` shows of the answer: its URLs, never its bearer token (the session
+# stream may be public while the answer is private)
+SHOWN_URLS = ("status_url", "stream_events_url", "stop_url")
+
 log = logging.getLogger("offloadd.sessions")
 CLOSE_WAIT = 5.0  # seconds followers may take to write their ends on shutdown
 
@@ -102,7 +106,8 @@ class Sessions:
         cid = answer.get("conversation_id")
         try:
             start = {"type": "answer.start", "conversation_id": cid}
-            await self._append(path, [{**start, "endpoints": answer.get("endpoints", {})}])
+            urls = {k: v for k, v in answer.get("endpoints", {}).items() if k in SHOWN_URLS}
+            await self._append(path, [{**start, "endpoints": urls}])
             text = await self._deltas(path, loc, cid)
             doc: dict = dict(await self.runner.document(loc) or {})
             body = (doc.get("response") or {}).get("body") or {}

@@ -171,6 +171,12 @@ class Streams:
         self.pending: dict[str, list[tuple[Any, asyncio.Future]]] = {}
         self.writers: dict[str, asyncio.Task] = {}
 
+    async def close(self) -> None:
+        """On shutdown, after the last request: the appends being written are finished and
+        answered (the writers end once nothing waits)."""
+        if self.writers:
+            await asyncio.wait(list(self.writers.values()), timeout=10)
+
     async def open(
         self, path: str, touch: bool, secrets: list[str] | None = None
     ) -> tuple[AppSource, Chunk]:
@@ -265,7 +271,8 @@ class Streams:
             stream.create(meta, initial)
             return Created(True, len(initial), new.closed, meta["content_type"], token)
         created = self._fork(stream, new, meta)
-        created.token = token
+        if token and meta.get("token_sha256") == token_hash(token):
+            created.token = token  # else the fork of a private source keeps the source's
         return created
 
     def _fork(self, stream: Stream, new: Create, meta: dict) -> Created:
@@ -298,6 +305,8 @@ class Streams:
             if new.ttl is None and new.expires_at is None:
                 meta.update(ttl=src["ttl"], expires_at=src["expires_at"])
                 meta["expires_ms"] = src["expires_ms"]
+            if src.get("token_sha256"):  # its bytes are the source's: so is who may read them
+                meta["token_sha256"] = src["token_sha256"]
             meta["fork"] = {"source": source.path, "offset": anchor, "sub": new.sub_offset}
             meta["base"] = anchor
             source.write_meta(dict(src, forks=[*src["forks"], new.path]))

@@ -135,6 +135,11 @@ class Stream:
         finally:
             os.close(fd)
 
+    def truncate(self, size: int) -> None:
+        """Undo what was appended past `size` (its metadata could not follow it)."""
+        with contextlib.suppress(OSError):
+            os.truncate(self.file(".data"), size)
+
     def read(self, pos: int, size: int) -> bytes:
         """Own bytes from file position `pos`."""
         try:
