@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from test_hostile import small_disk  # noqa: F401  (a fixture)
 
 from offloadd.protocol.durable import format_offset
+from offloadd.requests.stream_reads import MAX_DEPTH
 
 TEXT = {"Content-Type": "text/plain"}
 
@@ -276,3 +277,25 @@ async def test_a_full_disk_refuses_appends_and_loses_nothing_acknowledged(
     read = await client.get("/v1/stream/big?offset=-1")
     assert await read.read() == acknowledged  # no part of the refused append
     assert (small_disk / "data" / "streams" / "big.data").stat().st_size == len(acknowledged)
+
+
+class TestReadsKeepTheirShape:
+    async def test_a_json_read_inside_a_message_is_a_400(self, client):
+        headers = {"Content-Type": "application/json"}
+        await client.put("/v1/stream/jm", data=b'[{"a":1},{"b":2}]', headers=headers)
+        whole = await client.get("/v1/stream/jm?offset=-1")
+        assert await whole.json() == [{"a": 1}, {"b": 2}]
+        inside = await client.get(f"/v1/stream/jm?offset={format_offset(3)}")
+        assert inside.status == 400
+        assert (await inside.json())["error"]["code"] == "bad_offset"
+
+    async def test_a_fork_chain_deeper_than_reads_follow_is_refused(self, client):
+        await client.put("/v1/stream/d0", data=b"root", headers=TEXT)
+        for depth in range(1, MAX_DEPTH + 1):
+            fork = {**TEXT, "Stream-Forked-From": f"/v1/stream/d{depth - 1}"}
+            assert (await client.put(f"/v1/stream/d{depth}", headers=fork)).status == 201
+        deepest = await client.get(f"/v1/stream/d{MAX_DEPTH}?offset=-1")
+        assert await deepest.read() == b"root"  # every inherited byte is still read
+        fork = {**TEXT, "Stream-Forked-From": f"/v1/stream/d{MAX_DEPTH}"}
+        resp = await client.put(f"/v1/stream/d{MAX_DEPTH + 1}", headers=fork)
+        assert resp.status == 400 and (await resp.json())["error"]["code"] == "fork_too_deep"

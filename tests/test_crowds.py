@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import socket
+import time
 
 import orjson
 import pytest
@@ -21,6 +23,9 @@ from offloadd.http.appkeys import CONFIG
 
 def _post(api: Api, path: str, body: dict, **headers: str):
     return api.client.post(path, json=body, headers={"X-OpenAI-API-Key": OPENAI_KEY, **headers})
+
+
+JSON_TYPE = {"Content-Type": "application/json"}
 
 
 class TestIdempotencyUnderACrowd:
@@ -206,3 +211,28 @@ class TestEveryStreamReaderIsBounded:
         assert max(send_buffers()) <= 2 * limit  # Linux doubles what it is asked for
         for writer in stalled:
             writer.close()
+
+
+class TestAKeyHeldByADeadCreate:
+    async def test_a_pending_record_older_than_a_minute_is_taken_anew(self, api, data_dir):
+        """A daemon that died while making a keyed create left its key `pending`: a retry a
+        minute later goes ahead (once), instead of a 409 for a day."""
+        caller = hashlib.sha256(b"").hexdigest()  # auth off: no caller
+        name = hashlib.sha256(f"{caller}\0order-9".encode()).hexdigest()
+        body = {**SEED_BODY, "model": "mock?tokens=2"}
+        record = {
+            "state": "pending",
+            "body_sha256": hashlib.sha256(orjson.dumps(body)).hexdigest(),
+            "endpoint": "/v1/stream-chatgpt",
+            "at": time.time() - 61,
+        }
+        folder = data_dir / ".offloadd" / "idempotency"
+        folder.mkdir(parents=True)
+        (folder / name).write_bytes(orjson.dumps(record))
+        resp = await api.client.post(
+            "/v1/stream-chatgpt",
+            data=orjson.dumps(body),
+            headers={**JSON_TYPE, "X-OpenAI-API-Key": OPENAI_KEY, "Idempotency-Key": "order-9"},
+        )
+        assert resp.status == 200, await resp.text()
+        assert len(await api.upstream_requests()) == 1

@@ -28,6 +28,8 @@ from offloadd.errors import ApiError, BadRequest
 
 TTL = 24 * 3600.0
 WAIT_FOR_FIRST = 5.0  # seconds a retry waits for the first request's answer
+PENDING_TTL = 60.0  # a key held this long by a create that never finished (its daemon died)
+RECHECK = 0.05  # seconds between looks at a record being made
 
 
 class Conflict(ApiError):
@@ -77,7 +79,7 @@ class Idempotency:
                 return record["answer"]
             if loop.time() >= give_up:
                 raise Conflict("a request with this `Idempotency-Key` is still being created")
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(RECHECK)
 
     def _reserve(self, path: Path, body_hash: str, endpoint: str) -> dict | None:
         """Make the record (None), or read the one that exists (expired ones are replaced).
@@ -94,13 +96,13 @@ class Idempotency:
                 pass
             finally:
                 tmp.unlink()
-            record = _read(path)
-            if record is not None and time.time() - record.get("at", 0) < TTL:
+            record, inode = _read_with_inode(path)
+            if record is not None and not _expired(record):
                 return record
-            if record is None and path.exists():
+            if record is None and inode is not None:
                 return {**pending, "state": "pending"}  # unreadable for a moment: wait
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()  # expired: take the key anew
+            if inode is not None:
+                _bury(path, inode)  # expired: take the key anew
         return _read(path)
 
     async def finish(self, caller: str, key: str, body: bytes, answer: dict, endpoint: str) -> None:
@@ -137,6 +139,39 @@ def _without_tokens(answer: dict) -> dict:
     answer["authorization"].pop("stream_url_arg", None)
     answer["endpoints"].pop("bearer_token", None)
     return answer
+
+
+def _expired(record: dict) -> bool:
+    age = time.time() - record.get("at", 0)
+    return age >= (PENDING_TTL if record.get("state") == "pending" else TTL)
+
+
+def _read_with_inode(path: Path) -> tuple[dict | None, int | None]:
+    """The record and the file it was read from (None, None: there is none)."""
+    try:
+        with open(path, "rb") as f:
+            inode, data = os.fstat(f.fileno()).st_ino, f.read()
+    except FileNotFoundError:
+        return None, None
+    try:
+        record = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None, inode
+    return (record if isinstance(record, dict) else None), inode
+
+
+def _bury(path: Path, inode: int) -> None:
+    """Remove the expired record read from `inode`, and only it: another create may have
+    replaced it since with a fresh one, which is put back."""
+    grave = path.with_name(f".{path.name}.{uuid.uuid4().hex}.expired")
+    try:
+        os.rename(path, grave)
+    except FileNotFoundError:
+        return
+    if grave.stat().st_ino != inode:
+        with contextlib.suppress(FileExistsError):
+            os.link(grave, path)
+    grave.unlink()
 
 
 def _read(path: Path) -> dict | None:

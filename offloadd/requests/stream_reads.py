@@ -48,8 +48,11 @@ def read_chunk(files: StreamFiles, path: str, start: int, limit: int) -> Chunk:
     start = tail if start == NOW else start
     if start > tail:
         raise BadOffset("the offset is past the end of the stream")
+    json = kind_of(meta["content_type"]) == JSON
+    if json and 0 < start < tail and read_range(files, path, start - 1, start) != b"\n":
+        raise BadOffset("the offset is inside a JSON message, not at its boundary")
     data = read_range(files, path, start, min(tail, start + limit))
-    if kind_of(meta["content_type"]) == JSON:
+    if json:
         data = whole_lines(data)
     return Chunk(start, data, start + len(data), tail, closed)
 

@@ -307,7 +307,15 @@ class Streams:
                 meta["expires_ms"] = src["expires_ms"]
             if src.get("token_sha256"):  # its bytes are the source's: so is who may read them
                 meta["token_sha256"] = src["token_sha256"]
-            meta["fork"] = {"source": source.path, "offset": anchor, "sub": new.sub_offset}
+            depth = (src.get("fork") or {}).get("depth", 0) + 1
+            if depth > MAX_DEPTH:  # reads follow the chain; a longer one would lose bytes
+                raise BadRequest(f"forks nest at most {MAX_DEPTH} deep", code="fork_too_deep")
+            meta["fork"] = {
+                "source": source.path,
+                "offset": anchor,
+                "sub": new.sub_offset,
+                "depth": depth,
+            }
             meta["base"] = anchor
             source.write_meta(dict(src, forks=[*src["forks"], new.path]))
         try:
