@@ -133,3 +133,15 @@ async def test_a_fork_of_a_private_stream_is_as_private_as_its_source(client):
     assert (await client.get("/v1/stream/pf?offset=-1")).status == 404
     read = await client.get(f"/v1/stream/pf?offset=-1&token={token}")
     assert await read.read() == b"secret"
+
+
+async def test_an_api_key_opens_its_streams_from_a_header_never_from_a_url(authed):
+    client, keys = authed
+    made = await client.put(
+        "/v1/stream/pk", data=b"secret", headers={**key(keys["owner"]), "Stream-Access": "private"}
+    )
+    assert made.status == 201
+    in_url = await client.get(f"/v1/stream/pk?offset=-1&token={keys['owner']}")
+    assert in_url.status == 404  # a key in a URL ends up in proxies' logs: not taken there
+    in_header = await client.get("/v1/stream/pk?offset=-1", headers={"X-API-Key": keys["owner"]})
+    assert await in_header.read() == b"secret"

@@ -12,7 +12,7 @@ from urllib.parse import unquote, urlsplit
 
 from aiohttp import web
 
-from offloadd.domain.access import token_hash
+from offloadd.domain.access import TOKEN_QUERY, token_hash
 from offloadd.errors import BadRequest, NotFound, RequestTimeout
 from offloadd.http import durable
 from offloadd.http.appkeys import CONFIG, KEYS, STREAMS
@@ -37,7 +37,7 @@ from offloadd.protocol.durable import (
     parse_offset,
 )
 from offloadd.requests.appends import Append, Producer, append
-from offloadd.requests.streams import Create
+from offloadd.requests.streams import Create, Credentials
 from offloadd.storage.layout import STREAMS_PREFIX
 
 NATURAL = re.compile(r"0|[1-9]\d*")
@@ -157,13 +157,15 @@ def _limits(charge: Charge | None) -> dict:
     return charge.limits.headers() if charge is not None and charge.limits else {}
 
 
-def _secrets(request: web.Request) -> list[str]:
-    """Whatever may open a private stream: its read token (header or `?token=`), or the
-    owner's API key."""
-    found = tokens(request, query_too=True)
-    if key := request.headers.get("X-API-Key"):
-        found.append(key)
-    return found
+def _secrets(request: web.Request) -> Credentials:
+    """Whatever may open a private stream: its read token (a header or `?token=`), or the
+    owner's API key (`X-API-Key`, or `Authorization: Bearer` — never from the URL)."""
+    bearer = tokens(request)
+    key = request.headers.get("X-API-Key")
+    query = request.query.get(TOKEN_QUERY)
+    return Credentials(
+        tuple(bearer) + ((query,) if query else ()), tuple(bearer) + ((key,) if key else ())
+    )
 
 
 async def put(request: web.Request) -> web.Response:

@@ -50,12 +50,15 @@ class Aftermath:
         """Post the final document to the request's webhook; its outcome goes into the
         document on disk."""
 
-        def record(outcome: dict) -> None:
-            webhook_outcome(doc, outcome)
+        def save() -> None:  # in a worker thread, synced as the final document it replaces
             try:
-                self.store.write_status(loc, doc)
+                self.store.write_status(loc, doc, durable=True)
             except StorageError as e:
                 log.error("request %s: webhook outcome not saved: %s", loc.rel, e)
+
+        def record(outcome: dict) -> None:
+            webhook_outcome(doc, outcome)
+            self._background(asyncio.to_thread(save), f"offloadd-webhook-save-{loc.uuid}")
 
         deliver = self.webhooks.deliver(url, public_view(doc), record)
         self._background(deliver, f"offloadd-webhook-{loc.uuid}")

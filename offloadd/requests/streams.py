@@ -73,16 +73,26 @@ def check_owner(meta: dict, owner: str | None) -> None:
         raise Forbidden("this stream belongs to another API key", code="not_owner")
 
 
-def may_read(meta: dict, secrets: list[str]) -> bool:
+@dataclass(frozen=True)
+class Credentials:
+    """What a reader sent: a read token (a header or `?token=`) opens a private stream; so
+    does its owner's API key, but only from a header: a key is never taken from a URL."""
+
+    tokens: tuple[str, ...] = ()
+    keys: tuple[str, ...] = ()
+
+    def all(self) -> list[str]:
+        return [*self.tokens, *self.keys]
+
+
+def may_read(meta: dict, sent: Credentials) -> bool:
     """A public stream, or a private one with its read token or its owner's key."""
     expected = meta.get("token_sha256")
     if not expected:
         return True
-    for secret in secrets:
-        digest = token_hash(secret)
-        if hmac.compare_digest(digest, expected) or digest == meta.get("owner"):
-            return True
-    return False
+    if any(hmac.compare_digest(token_hash(t), expected) for t in sent.all()):
+        return True
+    return any(token_hash(key) == meta.get("owner") for key in sent.keys)
 
 
 def stored_body(body: bytes, content_type: str, allow_empty: bool) -> bytes:
@@ -178,13 +188,13 @@ class Streams:
             await asyncio.wait(list(self.writers.values()), timeout=10)
 
     async def open(
-        self, path: str, touch: bool, secrets: list[str] | None = None
+        self, path: str, touch: bool, secrets: Credentials | None = None
     ) -> tuple[AppSource, Chunk]:
         """A live stream to read (a GET touches a sliding TTL; a HEAD does not); a private
         one only with its token (`secrets` None: the server itself reads)."""
         return await asyncio.to_thread(self._open, path, touch, secrets)
 
-    def _open(self, path: str, touch: bool, secrets: list[str] | None) -> tuple[AppSource, Chunk]:
+    def _open(self, path: str, touch: bool, secrets: Credentials | None) -> tuple[AppSource, Chunk]:
         stream = self.files.stream(path)
         stream.load()
         meta = require_live(self.files, stream)
@@ -202,7 +212,7 @@ class Streams:
             self.watcher,
             path,
             meta["content_type"],
-            meta["generation"] + (_scope(secrets or []) if meta.get("token_sha256") else ""),
+            meta["generation"] + (_scope(secrets) if meta.get("token_sha256") else ""),
             private=bool(meta.get("token_sha256")),
             head_headers=head,
             owner=meta.get("owner"),
@@ -348,9 +358,9 @@ class Streams:
                 remove(self.files, stream)
 
 
-def _scope(secrets: list[str]) -> str:
+def _scope(secrets: Credentials | None) -> str:
     """What a private stream's ETag is keyed by: the credentials it was read with."""
-    return "." + token_hash("\n".join(secrets))[:16]
+    return "." + token_hash("\n".join(secrets.all() if secrets else []))[:16]
 
 
 def collect(

@@ -120,7 +120,10 @@ class Stream:
     def append(self, data: bytes) -> None:
         """Append and sync before the append is acknowledged; a write the disk cut short
         is undone, so the stream never holds part of an append."""
-        fd = os.open(self.file(".data"), os.O_WRONLY | os.O_APPEND)
+        try:
+            fd = os.open(self.file(".data"), os.O_WRONLY | os.O_APPEND)
+        except OSError as e:  # removed under it (retention), or the disk refuses
+            raise StorageError(f"cannot open the stream: {e.strerror or e}") from e
         try:
             start = os.fstat(fd).st_size
             try:
@@ -185,7 +188,10 @@ class StreamFiles:
         except OSError as e:
             raise StorageError(f"cannot lock the stream: {e.strerror or e}") from e
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            except OSError as e:  # ENOLCK: a network filesystem mounted without locks
+                raise StorageError(f"cannot lock the stream: {e.strerror or e}") from e
             stream = self.stream(path)
             stream.load()
             yield stream
