@@ -25,6 +25,7 @@ class Metrics:
         self.ttft_counts = [0] * (len(TTFT_BUCKETS) + 1)
         self.ttft_sum = 0.0
         self.running: Callable[[], int] = lambda: 0
+        self.stream_waiters: Callable[[], int] = lambda: 0
         self.loop_lag_max = 0.0  # the event loop's longest blocking stretch seen
         self.loop_stalls = 0  # stretches over STALL seconds
 
@@ -73,6 +74,8 @@ class Metrics:
             )
         family("offloadd_running_requests", "gauge", "Requests whose upstream call runs here.")
         lines.append(f"offloadd_running_requests {self.running()}")
+        family("offloadd_stream_waiters", "gauge", "Reads of application streams waiting.")
+        lines.append(f"offloadd_stream_waiters {self.stream_waiters()}")
         family("offloadd_connected_readers", "gauge", "Open event-stream connections.")
         lines.append(f"offloadd_connected_readers {self.readers}")
         family("offloadd_delivered_bytes_total", "counter", "Event-stream bytes sent to readers.")

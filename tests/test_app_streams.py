@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_hostile import small_disk  # noqa: F401  (a fixture)
 
+from helpers import eventually
 from offloadd.protocol.durable import format_offset
 from offloadd.requests.stream_reads import MAX_DEPTH
 
@@ -166,7 +167,7 @@ class TestDaemons:
         async with http.put(f"{a.url}/v1/stream/s", data=b"x", headers=TEXT) as resp:
             tail = resp.headers["Stream-Next-Offset"]
         poll = asyncio.create_task(http.get(f"{b.url}/v1/stream/s?offset={tail}&live=long-poll"))
-        await asyncio.sleep(0.3)  # the reader is waiting (its 204 would take 20 s)
+        await eventually(lambda: _waiting(http, b.url))  # B's reader waits (its 204: 20 s)
         async with http.post(f"{a.url}/v1/stream/s", data=b"yz", headers=TEXT) as resp:
             assert resp.status == 204
         async with await poll as resp:
@@ -212,9 +213,7 @@ class TestRetention:
         assert (await client.put("/v1/stream/kept", data=b"y", headers=TEXT)).status == 201
         assert (await client.head("/v1/stream/old")).status == 404  # refused at once
         await make_client()  # another daemon: its housekeeping starts with a sweep
-        async with asyncio.timeout(10):
-            while (data_dir / "streams" / "old.data").exists():
-                await asyncio.sleep(0.02)
+        await eventually(lambda: not (data_dir / "streams" / "old.data").exists())
         assert not (data_dir / "streams" / "old.meta").exists()
         assert (await client.head("/v1/stream/kept")).status == 200
 
@@ -299,3 +298,9 @@ class TestReadsKeepTheirShape:
         fork = {**TEXT, "Stream-Forked-From": f"/v1/stream/d{MAX_DEPTH}"}
         resp = await client.put(f"/v1/stream/d{MAX_DEPTH + 1}", headers=fork)
         assert resp.status == 400 and (await resp.json())["error"]["code"] == "fork_too_deep"
+
+
+async def _waiting(http, base: str) -> bool:
+    """Whether a read of an application stream waits on that daemon (its /metrics)."""
+    async with http.get(f"{base}/metrics") as resp:
+        return "\noffloadd_stream_waiters 1\n" in await resp.text()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import re
 import shutil
+import weakref
 from pathlib import Path
 
 import orjson
@@ -13,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from helpers import file_of
+from helpers import eventually, file_of
 from offloadd.protocol.durable import START, format_offset
 from offloadd.protocol.sse import parse_all
 
@@ -49,12 +50,12 @@ async def finished(api, **fields) -> tuple[str, dict]:
     answer = await api.create(model="mock?tokens=20", **fields)
     token = answer["authorization"].get("bearer_token")
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    async with asyncio.timeout(15):
-        while True:
-            resp = await api.get(answer["endpoints"]["status_url"], headers=headers)
-            if (await resp.json())["status"] == "done":
-                break
-            await asyncio.sleep(0.02)
+
+    async def done() -> bool:
+        resp = await api.get(answer["endpoints"]["status_url"], headers=headers)
+        return (await resp.json())["status"] == "done"
+
+    await eventually(done, timeout=15)
     return answer["endpoints"]["stream_events_url"], answer
 
 
@@ -326,22 +327,23 @@ class TestFuzzedQueries:
             await resp.read()
         assert resp.status < 500
 
-    _url: dict = {}
+    _url: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # one answer per live app
 
     @staticmethod
     async def finished_url(client) -> str:
         """One finished answer per app (made on first use)."""
-        key = id(client)
+        key = client
         if key not in TestFuzzedQueries._url:
             body = {"model": "mock?tokens=3", "messages": [{"role": "user", "content": "x"}]}
             resp = await client.post(
                 "/v1/stream-chatgpt", json=body, headers={"X-OpenAI-API-Key": "sk-x"}
             )
             urls = (await resp.json())["endpoints"]
-            async with asyncio.timeout(10):
-                while (await (await client.get(_path(urls["status_url"]))).json())[
-                    "status"
-                ] != "done":
-                    await asyncio.sleep(0.02)
+
+            async def done() -> bool:
+                resp = await client.get(_path(urls["status_url"]))
+                return (await resp.json())["status"] == "done"
+
+            await eventually(done)
             TestFuzzedQueries._url[key] = urls["stream_events_url"]
         return TestFuzzedQueries._url[key]

@@ -11,7 +11,7 @@ import anthropic
 import orjson
 import pytest
 
-from helpers import ANTHROPIC_KEY, HI, LONG, files_under, upstream_posts, wait_status
+from helpers import ANTHROPIC_KEY, HI, LONG, eventually, files_under, upstream_posts, wait_status
 from offloadd.protocol.sse import parse_all
 from offloadd.storage.transcript import STOPPED_MESSAGE
 
@@ -187,9 +187,12 @@ class TestFailures:
         call = asyncio.ensure_future(
             claude(api).messages.create(model=model, max_tokens=10, messages=HI)
         )
-        async with asyncio.timeout(10):
-            while not (seen := await api.upstream_requests()) or not seen[-1]["chunks_sent"]:
-                await asyncio.sleep(0.02)
+
+        async def streaming() -> bool:
+            seen = await api.upstream_requests()
+            return bool(seen and seen[-1]["chunks_sent"])
+
+        await eventually(streaming)
         [status_file] = [p for p in files_under(data_dir) if p.suffix == ".json"]
         doc = orjson.loads(status_file.read_bytes())
         assert (await api.post(doc["endpoints"]["stop_url"])).status == 200

@@ -4,12 +4,10 @@ access, idempotency, continuations, webhooks, budgets) through the official SDK.
 
 from __future__ import annotations
 
-import asyncio
-
 import anthropic
 import pytest
 
-from helpers import ANTHROPIC_KEY, HI, files_under
+from helpers import ANTHROPIC_KEY, HI, eventually, files_under
 
 
 @pytest.fixture(autouse=True)
@@ -109,9 +107,8 @@ class TestKeys:
         def usage() -> list:
             return SQLiteKeys(data_dir, load_plans(plans)).usage()
 
-        async with asyncio.timeout(10):  # tokens are counted once the request has ended
-            while not (rows := usage()) or not rows[0]["tokens"]:
-                await asyncio.sleep(0.05)
+        # tokens are counted once the request has ended
+        rows = await eventually(lambda: (rows := usage()) and rows[0]["tokens"] and rows)
         assert rows[0]["requests"] == 1
         assert (rows[0]["tokens"], rows[0]["estimated_tokens"]) == (15, 0)  # 10 in, 5 out
 
@@ -176,8 +173,6 @@ class TestTheRestOfOffloadd:
             messages=HI,
             extra_body={"webhook_url": str(receiver.make_url("/hook"))},
         )
-        async with asyncio.timeout(10):
-            while not got:
-                await asyncio.sleep(0.02)
+        await eventually(lambda: got)
         doc = got[0]["response"]
         assert doc["status"] == "done" and doc["response"]["body"]["content"][0]["text"] == "t0 t1"

@@ -19,7 +19,7 @@ import pytest
 from test_durable_read import read_with_client
 from test_nginx import nginx_in_front
 
-from helpers import Daemon, file_of, wait_status
+from helpers import Daemon, eventually, file_of, wait_status
 from offloadd.protocol.durable import format_offset
 from offloadd.protocol.sse import parse_all
 
@@ -167,9 +167,8 @@ class TestACrowd:
         stack.daemon.signal(signal.SIGSTOP)
         try:
             crowd = [asyncio.create_task(read()) for _ in range(CROWD)]
-            async with asyncio.timeout(30):  # all but the refresh, from the stale copy
-                while sum(task.done() for task in crowd) < CROWD - 1:
-                    await asyncio.sleep(0.05)
+            # all but the refresh, from the stale copy
+            await eventually(lambda: sum(task.done() for task in crowd) >= CROWD - 1, timeout=30)
         finally:
             stack.daemon.signal(signal.SIGCONT)
         answers = await asyncio.gather(*crowd)
@@ -213,9 +212,8 @@ class TestWhatIsNotCached:
             answer["endpoints"]["stream_events_url"],
             answer["authorization"]["bearer_token"],
         )
-        async with asyncio.timeout(15):  # the answer ends
-            while not file_of(stack.data, url).read_bytes().endswith(b"data: [DONE]\n\n"):
-                await asyncio.sleep(0.05)
+        ended = b"data: [DONE]\n\n"
+        await eventually(lambda: file_of(stack.data, url).read_bytes().endswith(ended), timeout=15)
         for headers, query in (({}, f"&token={token}"), ({"Authorization": f"Bearer {token}"}, "")):
             for _ in range(2):
                 async with http.get(f"{url}?offset=-1{query}", headers=headers) as resp:

@@ -67,6 +67,7 @@ def make_app(
     app[STORE] = Store(config.data)
     app[METRICS] = Metrics()
     app[STREAMS] = Streams(StreamFiles(config.data), Watch(config.poll_interval))
+    app[METRICS].stream_waiters = lambda: app[STREAMS].watcher.waiters
     app[ON_FATAL] = on_fatal
     if config.auth:
         if keys is not None:

@@ -57,6 +57,11 @@ class Watch:
             if watched.readers == 0 and self.watched.get(stream.path) is watched:
                 del self.watched[stream.path]
 
+    @property
+    def waiters(self) -> int:
+        """Reads waiting for a stream to change (for /metrics)."""
+        return sum(watched.readers for watched in self.watched.values())
+
     def poke(self, path: str) -> None:
         """A writer of this process changed the stream: its waiters look again now."""
         if (watched := self.watched.get(path)) is not None:
