@@ -56,7 +56,7 @@ async def read_create(request: web.Request) -> tuple[str | None, bytes]:
     caller = api_key(request) if config.auth else None
     await request.app[CREATOR].admit(caller)
     _check_json(request)
-    return caller, await _body(request, config)
+    return caller, await read_body(request, config)
 
 
 def public_base(request: web.Request) -> str:
@@ -149,7 +149,7 @@ def _check_json(request: web.Request) -> None:
         raise PayloadTooLarge(f"the body is larger than {limit} bytes")
 
 
-async def _body(request: web.Request, config: Config) -> bytes:
+async def read_body(request: web.Request, config: Config) -> bytes:
     """The body, if it arrives within `--body-timeout` (a slow client holds no slot forever)."""
     try:
         async with asyncio.timeout(config.body_timeout):

@@ -5,7 +5,6 @@ Only the translation: headers in, the use cases' outcomes out (`requests/streams
 
 from __future__ import annotations
 
-import asyncio
 import re
 from datetime import datetime
 from urllib.parse import unquote, urlsplit
@@ -13,10 +12,10 @@ from urllib.parse import unquote, urlsplit
 from aiohttp import web
 
 from offloadd.domain.access import TOKEN_QUERY, token_hash
-from offloadd.errors import BadRequest, NotFound, RequestTimeout
+from offloadd.errors import BadRequest, NotFound
 from offloadd.http import durable
 from offloadd.http.appkeys import CONFIG, KEYS, STREAMS
-from offloadd.http.common import api_key, public_base, tokens
+from offloadd.http.common import api_key, public_base, read_body, tokens
 from offloadd.keys.base import Charge
 from offloadd.protocol.durable import (
     CLOSED,
@@ -25,7 +24,6 @@ from offloadd.protocol.durable import (
     FORK_SUB_OFFSET,
     FORKED_FROM,
     NEXT_OFFSET,
-    NOW,
     PRODUCER_EPOCH,
     PRODUCER_ID,
     PRODUCER_SEQ,
@@ -34,7 +32,7 @@ from offloadd.protocol.durable import (
     TTL,
     BadOffset,
     format_offset,
-    parse_offset,
+    parse_position,
 )
 from offloadd.requests.appends import Append, Producer, append
 from offloadd.requests.streams import Create, Credentials
@@ -100,11 +98,9 @@ def _fork(headers) -> tuple[str | None, int | None, int]:
     position = None
     if offset is not None:
         try:
-            position = parse_offset(offset.strip())
+            position = parse_position(offset.strip())
         except BadOffset:
-            position = NOW
-        if position == NOW or not re.fullmatch(r"\d{16}_\d{16}", offset.strip()):
-            raise BadRequest("`Stream-Fork-Offset` is not an offset", code="bad_offset")
+            raise BadRequest("`Stream-Fork-Offset` is not an offset", code="bad_offset") from None
     sub_offset = 0 if sub is None else _natural(FORK_SUB_OFFSET, sub)
     return path[len(STREAMS_PREFIX) :], position, sub_offset
 
@@ -123,15 +119,6 @@ def _producer(headers) -> Producer | None:
     return Producer(
         pid, _natural(PRODUCER_EPOCH, epoch, DIGITS), _natural(PRODUCER_SEQ, seq, DIGITS)
     )
-
-
-async def _body(request: web.Request) -> bytes:
-    timeout = request.app[CONFIG].body_timeout
-    try:
-        async with asyncio.timeout(timeout):
-            return await request.read()
-    except TimeoutError:
-        raise RequestTimeout(f"the body did not arrive within {timeout:g} s") from None
 
 
 def _answer(status: int, tail: int, closed: bool, extra: dict | None = None) -> web.Response:
@@ -179,7 +166,7 @@ async def put(request: web.Request) -> web.Response:
     access = headers.get(ACCESS, "public").strip().lower()
     if access not in ("public", "private"):
         raise BadRequest(f"`{ACCESS}` is `public` or `private`", code="invalid_access")
-    body = await _body(request)
+    body = await read_body(request, request.app[CONFIG])
     owner, charge = await _caller(request, charged=True)
     try:
         created = await _create(request, path, content_type, body, owner, access == "private")
@@ -231,7 +218,7 @@ async def post(request: web.Request) -> web.Response:
     """Append, append and close, or close."""
     path, headers = stream_path(request), request.headers
     producer = _producer(headers)
-    body = await _body(request)
+    body = await read_body(request, request.app[CONFIG])
     owner, charge = await _caller(request, charged=True)
     try:
         done = await append(

@@ -59,7 +59,7 @@ SECURITY_HEADERS = {
 START = "0000000000000000_0000000000000000"
 NOW = -2  # `offset=now`: the tail, whatever it is when the read begins
 MAX_POSITION = 10**16 - 1
-_OFFSET = re.compile(r"(\d{16})_(\d{16})")
+_OFFSET = re.compile(r"([0-9]{16})_([0-9]{16})")  # ASCII digits only
 
 
 class BadOffset(ValueError):
@@ -77,6 +77,11 @@ def parse_offset(value: str) -> int:
         return 0
     if value == "now":
         return NOW
+    return parse_position(value)
+
+
+def parse_position(value: str) -> int:
+    """The byte position of an offset this server handed out (not `-1`, not `now`)."""
     m = _OFFSET.fullmatch(value)
     if m is None or int(m[1]) != 0:
         raise BadOffset("not an offset this server hands out")
