@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Coroutine
-from pathlib import Path
 
 import aiohttp
 from aiohttp import web
@@ -35,21 +34,18 @@ from offloadd.metrics import Metrics
 from offloadd.mock.app import make_mock_app
 from offloadd.requests.create import Creator
 from offloadd.requests.endings import Endings
-from offloadd.requests.housekeeping import Housekeeping
+from offloadd.requests.housekeeping import Housekeeping, retention_loop, streams_gc_loop
 from offloadd.requests.readers import Hub
 from offloadd.requests.runner import Runner
 from offloadd.requests.sessions import Sessions
 from offloadd.requests.streams import Streams
-from offloadd.requests.streams import collect as collect_streams
 from offloadd.requests.watch import Watch
 from offloadd.storage.registry import Registry
-from offloadd.storage.retention import collect
 from offloadd.storage.store import Store
 from offloadd.storage.streams import StreamFiles
 from offloadd.upstream.call import Upstream
 
 log = logging.getLogger("offloadd.web")
-STREAMS_GC_SECONDS = 60.0
 
 
 def make_app(
@@ -186,8 +182,8 @@ async def _runner_ctx(app: web.Application) -> AsyncIterator[None]:
         "offloadd-streams-watch": app[STREAMS].watcher.run(),
     }
     if config.retention_seconds:
-        jobs["offloadd-retention"] = _retention(config.data, config.retention_seconds)
-    jobs["offloadd-streams-gc"] = _streams_gc(app[STREAMS].files, config.retention_seconds)
+        jobs["offloadd-retention"] = retention_loop(config.data, config.retention_seconds)
+    jobs["offloadd-streams-gc"] = streams_gc_loop(app[STREAMS].files, config.retention_seconds)
     tasks = [_supervised(app, job, name) for name, job in jobs.items()]
     yield
     for task in tasks:
@@ -211,29 +207,6 @@ def _supervised(app: web.Application, job: Coroutine, name: str) -> asyncio.Task
 
     task.add_done_callback(check)
     return task
-
-
-async def _retention(data: Path, seconds: float) -> None:
-    """Apply `--retention` at start and then every hour (or sooner for short retentions)."""
-    while True:
-        removed = await asyncio.to_thread(collect, data, seconds)
-        if removed:
-            log.info("retention: removed %d conversation(s)", len(removed))
-        await asyncio.sleep(min(3600.0, max(1.0, seconds / 10)))
-
-
-async def _streams_gc(files: StreamFiles, retention: float | None) -> None:
-    """Expired application streams are removed, not only refused (and, with `--retention`,
-    streams idle for longer): every minute, in a worker thread."""
-    while True:
-        try:
-            removed = await asyncio.to_thread(collect_streams, files, retention)
-        except Exception:  # a disk that fails now may not next time: serving goes on
-            log.exception("streams: housekeeping failed")
-        else:
-            if removed:
-                log.info("streams: removed %d expired or idle stream(s)", len(removed))
-        await asyncio.sleep(STREAMS_GC_SECONDS)
 
 
 async def _shutdown(app: web.Application) -> None:

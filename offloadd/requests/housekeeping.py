@@ -19,9 +19,12 @@ from offloadd.config import Config
 from offloadd.domain.dialects import dialect_of
 from offloadd.domain.status import TERMINAL, stored
 from offloadd.requests.endings import Endings, error_of
+from offloadd.requests.streams import collect as collect_streams
 from offloadd.storage.layout import Location
 from offloadd.storage.registry import Registry
+from offloadd.storage.retention import collect
 from offloadd.storage.store import StorageError, Store
+from offloadd.storage.streams import StreamFiles
 from offloadd.storage.transcript import ending, recover
 
 log = logging.getLogger("offloadd.cluster")
@@ -108,3 +111,29 @@ class Housekeeping:
         finally:
             os.close(fd)
             self.registry.release(loc)
+
+
+STREAMS_GC_SECONDS = 60.0
+
+
+async def retention_loop(data: Path, seconds: float) -> None:
+    """Apply `--retention` at start and then every hour (or sooner for short retentions)."""
+    while True:
+        removed = await asyncio.to_thread(collect, data, seconds)
+        if removed:
+            log.info("retention: removed %d conversation(s)", len(removed))
+        await asyncio.sleep(min(3600.0, max(1.0, seconds / 10)))
+
+
+async def streams_gc_loop(files: StreamFiles, retention: float | None) -> None:
+    """Expired application streams are removed, not only refused (and, with `--retention`,
+    streams idle for longer): every minute, in a worker thread."""
+    while True:
+        try:
+            removed = await asyncio.to_thread(collect_streams, files, retention)
+        except Exception:  # a disk that fails now may not next time: serving goes on
+            log.exception("streams: housekeeping failed")
+        else:
+            if removed:
+                log.info("streams: removed %d expired or idle stream(s)", len(removed))
+        await asyncio.sleep(STREAMS_GC_SECONDS)
