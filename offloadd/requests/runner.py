@@ -65,7 +65,7 @@ class Run:
     charge: Charge | None = None  # what the create counted, for the tokens used
     ending: bool = False
     cancelled: bool = False  # its task was cancelled once (a stop, a disconnect, shutdown)
-    released: bool = False  # its run marker is gone
+    released: bool = False  # its claim is released
     own_id: str | None = None  # a Responses API answer: offloadd's id, in every event
 
     def __post_init__(self) -> None:
@@ -134,7 +134,7 @@ class Runner:
 
     def _write_end(self, run: Run, final: StatusDocument, end_bytes: bytes) -> None:
         """(In a worker thread.) The final document and the stream's end, then the run
-        marker goes: one thread hop for all the files of an ending."""
+        claim goes: one thread hop for all the files of an ending."""
 
         def serve_final() -> None:  # before the end reaches the file: no reader of `[DONE]`
             run.doc = final  # can find the document still running (one atomic assignment)
@@ -152,14 +152,13 @@ class Runner:
         self.store.remove(loc)
 
     def _create_and_claim(self, loc: Location, doc: StatusDocument) -> int:
-        """(In a worker thread.) Both files, the run marker, the stream's append descriptor;
-        what fails leaves nothing behind."""
-        self.store.create(loc, doc)
+        """(In a worker thread.) The claim, then both files and the stream's append
+        descriptor; what fails leaves nothing behind."""
+        self.registry.claim(loc)
         try:
-            self.registry.claim(loc)
-            return self.store.open_stream(loc)
-        except StorageError:
-            self._forget(loc)
+            return self.store.create(loc, orjson.dumps(doc))
+        except BaseException:
+            self.registry.release(loc)
             raise
 
     async def document(self, loc: Location) -> StatusDocument | None:
