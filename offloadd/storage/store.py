@@ -84,6 +84,42 @@ class Store:
             tmp.unlink(missing_ok=True)
             raise StorageError(f"cannot write {path.name}: {e.strerror or e}") from e
 
+    def write_final(self, docs: list[tuple[Location, bytes]]) -> list[StorageError | None]:
+        """Replace several `.json` atomically and durably, in one batch: every temporary
+        file written, then each synced (`fdatasync`), then each renamed; so one batch's
+        syncs share the filesystem's journal commits. Per document: None, or its error."""
+        errors: list[StorageError | None] = [None] * len(docs)
+        made: list[tuple[int, int, Path, Path]] = []  # index, fd, tmp, path
+        for i, (loc, data) in enumerate(docs):
+            path = self.json_path(loc)
+            tmp = path.with_name(f".{loc.uuid}.{os.getpid()}.tmp")
+            try:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            except OSError as e:
+                errors[i] = StorageError(f"cannot write {path.name}: {e.strerror or e}")
+                continue
+            made.append((i, fd, tmp, path))
+            try:
+                _write_all(fd, data)
+            except OSError as e:
+                errors[i] = StorageError(f"cannot write {path.name}: {e.strerror or e}")
+        for i, fd, tmp, path in made:
+            try:
+                if errors[i] is None:
+                    os.fdatasync(fd)
+            except OSError as e:
+                errors[i] = StorageError(f"cannot write {path.name}: {e.strerror or e}")
+            finally:
+                os.close(fd)
+            try:
+                if errors[i] is None:
+                    os.replace(tmp, path)
+            except OSError as e:
+                errors[i] = StorageError(f"cannot write {path.name}: {e.strerror or e}")
+            if errors[i] is not None:
+                tmp.unlink(missing_ok=True)
+        return errors
+
     def read_status(self, loc: Location) -> dict | None:
         try:
             return orjson.loads(self.json_path(loc).read_bytes())
@@ -102,6 +138,12 @@ class Store:
         for path in (self.txt_path(loc), self.json_path(loc)):
             with contextlib.suppress(OSError):
                 path.unlink()
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def append(fd: int, data: bytes) -> None:
