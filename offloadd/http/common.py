@@ -11,6 +11,7 @@ import re
 import time
 from collections.abc import Callable
 
+import orjson
 from aiohttp import web
 
 from offloadd.config import Config
@@ -292,3 +293,14 @@ def tokens(request: web.Request, query_too: bool = False) -> list[str]:
     if query_too and (query := request.query.get(TOKEN_QUERY)):
         found.append(query)
     return found
+
+
+JSON_TYPE = "application/json; charset=utf-8"
+
+
+def json_bytes_response(body: dict, headers: dict | None = None) -> web.Response:
+    """A JSON answer serialised by orjson (aiohttp's `json_response` uses the standard
+    library's, several times slower: a create answers with one on every request)."""
+    response = web.Response(body=orjson.dumps(body), headers=headers)
+    response.headers["Content-Type"] = JSON_TYPE
+    return response

@@ -33,7 +33,13 @@ from offloadd.http.appkeys import (
     STORE,
     UPSTREAM_URL,
 )
-from offloadd.http.common import public_base, read_create, tokens, upstream_key
+from offloadd.http.common import (
+    json_bytes_response,
+    public_base,
+    read_create,
+    tokens,
+    upstream_key,
+)
 from offloadd.http.events import respond
 from offloadd.http.middleware import cors_headers
 from offloadd.http.openapi import document
@@ -67,7 +73,7 @@ async def create(request: web.Request) -> web.Response:
         idempotency_key=request.headers.get("Idempotency-Key"),
     )
     created = await creator.create(new)
-    return web.json_response(created.answer, headers=created.headers)
+    return json_bytes_response(created.answer, created.headers)
 
 
 # --- reading URLs ---------------------------------------------------------------------

@@ -16,6 +16,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import orjson
+
 from offloadd.domain.dialects import dialect_of
 from offloadd.domain.status import StatusDocument, concluded
 from offloadd.protocol.wire import Assembly
@@ -76,10 +78,27 @@ class Endings:
     ) -> None:
         """The final document, then the stream's end; what fails is kept for `retry`.
         `saved` runs between the two: whoever sees the end must find the document final."""
-        pending = Unsaved(loc, doc, end_bytes)
-        if not self._save(pending, fd, saved):
-            with self._lock:
-                self._unsaved[loc.uuid] = pending
+        self.write_many([(loc, doc, end_bytes, fd, saved)])
+
+    def write_many(
+        self, finals: list[tuple[Location, StatusDocument, bytes, int | None, Callable[[], None]]]
+    ) -> None:
+        """`write` for several requests at once: their final documents made durable in one
+        batch, then each stream's end after its own document; what fails is kept for
+        `retry`, as with `write`."""
+        docs = [(loc, orjson.dumps(doc)) for loc, doc, _, _, _ in finals]
+        errors = self.store.write_final(docs)
+        for (loc, doc, end_bytes, fd, saved), error in zip(finals, errors, strict=True):
+            pending = Unsaved(loc, doc, end_bytes)
+            if error is None:
+                pending.status_saved = True
+                saved()
+            else:
+                log.error("request %s: final status not saved (will retry): %s", loc.rel, error)
+            ended = self._save_end(pending, fd)
+            if not (ended and pending.status_saved):
+                with self._lock:
+                    self._unsaved[loc.uuid] = pending
 
     def document(self, loc: Location) -> StatusDocument | None:
         """The final document of a request whose document the disk refused, if any."""
@@ -99,24 +118,24 @@ class Endings:
     def __bool__(self) -> bool:
         return bool(self._unsaved)
 
-    def _save(
-        self, pending: Unsaved, fd: int | None = None, saved: Callable[[], None] = lambda: None
-    ) -> bool:
+    def _save(self, pending: Unsaved) -> bool:
         loc = pending.loc
         if not pending.status_saved:
             try:
                 self.store.write_status(loc, pending.doc, durable=True)
                 pending.status_saved = True
-                saved()
             except StorageError as e:
                 log.error("request %s: final status not saved (will retry): %s", loc.rel, e)
+        return self._save_end(pending) and pending.status_saved
+
+    def _save_end(self, pending: Unsaved, fd: int | None = None) -> bool:
         if not pending.end_saved:
             try:
-                self._append(loc, pending.end_bytes, fd)
+                self._append(pending.loc, pending.end_bytes, fd)
                 pending.end_saved = True
             except StorageError as e:
-                log.error("request %s: stream end not saved (will retry): %s", loc.rel, e)
-        return pending.status_saved and pending.end_saved
+                log.error("request %s: stream end not saved (will retry): %s", pending.loc.rel, e)
+        return pending.end_saved
 
     def _append(self, loc: Location, end_bytes: bytes, fd: int | None) -> None:
         if fd is not None:

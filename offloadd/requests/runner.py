@@ -35,6 +35,7 @@ from offloadd.metrics import Metrics
 from offloadd.protocol.wire import Assembly, Dialect
 from offloadd.requests.aftermath import Aftermath
 from offloadd.requests.endings import Endings, error_of
+from offloadd.requests.writer import FileWriter
 from offloadd.storage.layout import Location
 from offloadd.storage.registry import Registry
 from offloadd.storage.store import StorageError, Store, append
@@ -65,7 +66,7 @@ class Run:
     charge: Charge | None = None  # what the create counted, for the tokens used
     ending: bool = False
     cancelled: bool = False  # its task was cancelled once (a stop, a disconnect, shutdown)
-    released: bool = False  # its run marker is gone
+    released: bool = False  # its claim is released
     own_id: str | None = None  # a Responses API answer: offloadd's id, in every event
 
     def __post_init__(self) -> None:
@@ -89,6 +90,7 @@ class Runner:
         self.store, self.upstream, self.config, self.endings = store, upstream, config, endings
         self.webhooks, self.registry, self.metrics = webhooks, registry, metrics
         self.aftermath = Aftermath(store, webhooks, keys)
+        self.writer = FileWriter(endings)  # every file write of a running request
         self.on_append: Callable[[Path], None] = lambda path: None
         self.runs: dict[str, Run] = {}
         self.closing = False
@@ -115,15 +117,15 @@ class Runner:
         webhook_url: str | None = None,
         charge: Charge | None = None,
     ) -> None:
-        """Make the request's files (both or neither), claim it and run it, in one worker
-        thread hop; its create answer need not wait for the upstream."""
-        making = asyncio.ensure_future(asyncio.to_thread(self._create_and_claim, loc, doc))
+        """Make the request's files (both or neither), claim it and run it, in one hop to
+        the writer's thread; its create answer need not wait for the upstream."""
+        making = self.writer.call(self._create_and_claim, loc, doc)
         try:
             fd = await asyncio.shield(making)
         except asyncio.CancelledError:  # the caller left: nothing it did not get stays behind
             await asyncio.wait({making})
             if not making.cancelled() and making.exception() is None:
-                await asyncio.to_thread(self._undo, loc, making.result())
+                await self.writer.call(self._undo, loc, making.result())
             raise
         run = Run(loc, doc, fd, usage_added, timeout, call.dialect)
         run.webhook_url, run.charge = webhook_url, charge
@@ -132,16 +134,18 @@ class Runner:
         self.runs[loc.uuid] = run
         run.task = asyncio.create_task(self._run(run, call), name=f"offloadd-run-{loc.uuid}")
 
-    def _write_end(self, run: Run, final: StatusDocument, end_bytes: bytes) -> None:
-        """(In a worker thread.) The final document and the stream's end, then the run
-        marker goes: one thread hop for all the files of an ending."""
+    async def _write_end(self, run: Run, final: StatusDocument, end_bytes: bytes) -> None:
+        """The final document and the stream's end, then the claim goes: one hop to the
+        writer's thread, committed with the other endings due (`requests/writer.py`)."""
 
         def serve_final() -> None:  # before the end reaches the file: no reader of `[DONE]`
             run.doc = final  # can find the document still running (one atomic assignment)
 
-        self.endings.write(run.loc, final, end_bytes, run.fd, serve_final)
-        self.registry.release(run.loc)
-        run.released = True
+        def release() -> None:
+            self.registry.release(run.loc)
+            run.released = True
+
+        await self.writer.final(run.loc, final, end_bytes, run.fd, serve_final, release)
 
     def _undo(self, loc: Location, fd: int) -> None:
         os.close(fd)
@@ -152,14 +156,13 @@ class Runner:
         self.store.remove(loc)
 
     def _create_and_claim(self, loc: Location, doc: StatusDocument) -> int:
-        """(In a worker thread.) Both files, the run marker, the stream's append descriptor;
-        what fails leaves nothing behind."""
-        self.store.create(loc, doc)
+        """(In the writer's thread.) The claim, then both files and the stream's append
+        descriptor; what fails leaves nothing behind."""
+        self.registry.claim(loc)
         try:
-            self.registry.claim(loc)
-            return self.store.open_stream(loc)
-        except StorageError:
-            self._forget(loc)
+            return self.store.create(loc, orjson.dumps(doc))
+        except BaseException:
+            self.registry.release(loc)
             raise
 
     async def document(self, loc: Location) -> StatusDocument | None:
@@ -235,6 +238,7 @@ class Runner:
                     self.cancel(uuid, "shutdown")
             if pending:
                 await asyncio.wait(pending, timeout=5)
+        await self.writer.close()
         await self.aftermath.close()
 
     async def _run(self, run: Run, call: Call) -> None:
@@ -334,9 +338,7 @@ class Runner:
                 raise error
         with_body(run.doc, run.completion.body())
         data = orjson.dumps(run.doc)  # here, while no one changes the document
-        run.flushing = asyncio.ensure_future(
-            asyncio.to_thread(self.store.write_status, run.loc, data)
-        )
+        run.flushing = self.writer.call(self.store.write_status, run.loc, data)
 
     async def _finish(self, run: Run, status: str, error: dict | None = None) -> None:
         """End the request: final document first, then the stream's end (in a worker
@@ -357,7 +359,7 @@ class Runner:
         if error and error["code"].startswith("upstream_"):
             self.metrics.upstream_errors[error["code"]] += 1
         try:
-            await asyncio.to_thread(self._write_end, run, final, end_bytes)
+            await self._write_end(run, final, end_bytes)
         finally:
             run.doc = final
         self.on_append(run.path)

@@ -2,21 +2,31 @@
 
 Several daemons may share one data directory (even across hosts, on NFS): so
 ownership is files, not memory. Each daemon touches its own owner file as a
-heartbeat; each running request has a marker naming its owner; a stop asked of
-a daemon that does not own the request leaves a stop marker the owner polls.
-Plain files and renames work on every shared filesystem, where locks and
-inotify do not.
+heartbeat and appends what it runs to its own journal, through a descriptor it keeps
+open (one small write per claim or release, no file made per request); a stop asked of
+a daemon that does not own the request leaves a stop marker the owner polls. Plain
+files, appends and renames work on every shared filesystem, where locks and inotify
+do not.
 
-    DATA/.offloadd/owners/<owner>       heartbeat (mtime) + {"host", "pid"}
-    DATA/.offloadd/run/<uuid>           {"rel": "pub/…/<uuid>", "owner": "<owner>"}
-    DATA/.offloadd/stop/<uuid>          a stop request for a running request
+    DATA/.offloadd/owners/<owner>          heartbeat (mtime) + {"host", "pid"}
+    DATA/.offloadd/run/<owner>.journal     lines "+ <rel>" (claimed), "- <uuid>" (released)
+    DATA/.offloadd/run/<uuid>              the same for one request, as earlier releases
+                                           wrote it: {"rel": …, "owner": …} (still taken over)
+    DATA/.offloadd/stop/<uuid>             a stop request for a running request
+
+A journal is rewritten with only its live claims once it has grown (a temporary file
+renamed over it). The orphans of a dead daemon are found in its journal, which one
+daemon alone takes by renaming it; the taker claims them in its own journal before
+ending them, so a taker that dies too is taken over in turn.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import socket
+import threading
 import time
 from pathlib import Path
 
@@ -24,6 +34,9 @@ import orjson
 
 from offloadd.storage.layout import Location
 from offloadd.storage.store import StorageError
+
+JOURNAL = ".journal"
+COMPACT_AFTER = 4096  # lines since the last rewrite, when also 4 × the live claims
 
 
 class Registry:
@@ -34,31 +47,76 @@ class Registry:
         self.stale_after = stale_after
         for name in ("owners", "run", "stop"):
             (self.root / name).mkdir(parents=True, exist_ok=True)
+        self._journal = self.root / "run" / f"{self.owner}{JOURNAL}"
+        self._live: dict[str, str] = {}  # uuid → rel, what the journal says this daemon runs
+        self._lines = 0  # in the journal since it was last rewritten
+        self._fd: int | None = None
+        self._lock = threading.Lock()  # claims and releases come from worker threads
 
     def _owner_file(self, owner: str) -> Path:
         return self.root / "owners" / owner
 
     def beat(self) -> None:
-        """Say this daemon is alive (the first beat also says who it is)."""
+        """Say this daemon is alive (the first beat also says who it is); a journal some
+        other daemon took while this one was thought dead is started again."""
         path = self._owner_file(self.owner)
         try:
             os.utime(path)
         except FileNotFoundError:
             path.write_bytes(orjson.dumps({"host": self.host, "pid": os.getpid()}))
+        with self._lock:
+            if self._fd is not None and not self._journal.exists():
+                self._rewrite()
 
     def leave(self) -> None:
         self._owner_file(self.owner).unlink(missing_ok=True)
+        with self._lock:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+            if not self._live:
+                self._journal.unlink(missing_ok=True)
+
+    # --- this daemon's journal ----------------------------------------------------------
 
     def claim(self, loc: Location) -> None:
-        marker = orjson.dumps({"rel": loc.rel, "owner": self.owner})
-        try:
-            (self.root / "run" / loc.uuid).write_bytes(marker)
-        except OSError as e:
-            raise StorageError(f"cannot write the run marker: {e.strerror or e}") from e
+        """Record that this daemon runs `loc` (before its files are made)."""
+        with self._lock:
+            try:
+                self._append(f"+ {loc.rel}\n".encode())
+            except OSError as e:
+                raise StorageError(f"cannot write the run journal: {e.strerror or e}") from e
+            self._live[loc.uuid] = loc.rel
 
     def release(self, loc: Location) -> None:
-        (self.root / "run" / loc.uuid).unlink(missing_ok=True)
+        """`loc` is no longer run here. A release the disk refuses is harmless: the request
+        has ended, or its files are gone, by then; a takeover finds that out and passes."""
+        with self._lock:
+            if self._live.pop(loc.uuid, None) is not None:
+                with contextlib.suppress(OSError):
+                    self._append(f"- {loc.uuid}\n".encode())
+                    if self._lines > COMPACT_AFTER and self._lines > 4 * len(self._live):
+                        self._rewrite()
         (self.root / "stop" / loc.uuid).unlink(missing_ok=True)
+
+    def _append(self, line: bytes) -> None:
+        if self._fd is None:
+            flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT
+            self._fd = os.open(self._journal, flags, 0o644)
+        if os.write(self._fd, line) != len(line):
+            raise OSError(0, "a short write to the run journal")
+        self._lines += 1
+
+    def _rewrite(self) -> None:
+        """(Under the lock.) The journal with only its live claims, renamed into place."""
+        tmp = self._journal.with_name(f".{self.owner}.compact")
+        body = b"".join(f"+ {rel}\n".encode() for rel in self._live.values())
+        tmp.write_bytes(body)
+        os.replace(tmp, self._journal)
+        if self._fd is not None:
+            os.close(self._fd)
+        self._fd = os.open(self._journal, os.O_WRONLY | os.O_APPEND)
+        self._lines = len(self._live)
 
     # --- stops across daemons -----------------------------------------------------------
 
@@ -86,31 +144,65 @@ class Registry:
 
     def orphans(self) -> list[Location]:
         """Running requests whose owner is dead, each taken by this daemon alone (a rename
-        succeeds for exactly one daemon)."""
-        taken = []
+        succeeds for exactly one daemon) and claimed in its own journal."""
+        taken: list[Location] = []
         for name in os.listdir(self.root / "run"):
-            marker = self.root / "run" / name
-            try:
-                info = orjson.loads(marker.read_bytes())
-            except (FileNotFoundError, orjson.JSONDecodeError):
+            if name.startswith("."):
                 continue
-            if self.alive(info.get("owner", "")):
+            took = self._take_journal(name) if name.endswith(JOURNAL) else self._take_marker(name)
+            if took is None:
                 continue
-            loc = Location.from_rel(str(info.get("rel", "")))
-            mine = marker.with_name(f".{name}.{self.owner}")
-            try:
-                os.rename(marker, mine)
-            except FileNotFoundError:
-                continue  # another daemon took it
+            mine, locs = took
+            for loc in locs:  # ours before theirs goes: a taker that dies now is taken over
+                with contextlib.suppress(StorageError):
+                    self.claim(loc)
             mine.unlink()
-            if loc:
-                taken.append(loc)
+            taken += locs
         return taken
+
+    def _take(self, name: str) -> Path | None:
+        """The file renamed to a name of this daemon's, or None if another took it first."""
+        mine = self.root / "run" / f".{name}.{self.owner}"
+        try:
+            os.rename(self.root / "run" / name, mine)
+        except FileNotFoundError:
+            return None
+        return mine
+
+    def _take_journal(self, name: str) -> tuple[Path, list[Location]] | None:
+        if self.alive(name.removesuffix(JOURNAL)) or (mine := self._take(name)) is None:
+            return None
+        live = read_journal(mine.read_bytes())
+        return mine, [loc for rel in live.values() if (loc := Location.from_rel(rel))]
+
+    def _take_marker(self, name: str) -> tuple[Path, list[Location]] | None:
+        try:
+            info = orjson.loads((self.root / "run" / name).read_bytes())
+        except (FileNotFoundError, orjson.JSONDecodeError):
+            return None
+        if self.alive(info.get("owner", "")) or (mine := self._take(name)) is None:
+            return None
+        loc = Location.from_rel(str(info.get("rel", "")))
+        return mine, [loc] if loc else []
 
     def forget_dead_owners(self) -> None:
         for owner in os.listdir(self.root / "owners"):
             if not self.alive(owner):
                 self._owner_file(owner).unlink(missing_ok=True)
+                (self.root / "run" / f".{owner}.compact").unlink(missing_ok=True)
+
+
+def read_journal(data: bytes) -> dict[str, str]:
+    """uuid → rel of the claims a journal has not released (a torn last line is skipped)."""
+    live: dict[str, str] = {}
+    for line in data.split(b"\n"):
+        text = line.decode(errors="replace")
+        if text.startswith("+ "):
+            rel = text[2:]
+            live[rel.rsplit("/", 1)[-1]] = rel
+        elif text.startswith("- "):
+            live.pop(text[2:], None)
+    return live
 
 
 def _pid_alive(pid: int) -> bool:

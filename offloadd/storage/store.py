@@ -30,6 +30,7 @@ class Store:
 
     def __init__(self, root: Path):
         self.root = root
+        self._folder: Path | None = None  # the folder `create` made last (one per second)
 
     def base(self, loc: Location) -> Path:
         return self.root / loc.scope / loc.stamp / loc.uuid
@@ -40,18 +41,33 @@ class Store:
     def txt_path(self, loc: Location) -> Path:
         return self.base(loc).with_suffix(".txt")
 
-    def create(self, loc: Location, doc: Mapping) -> None:
-        """Make both files, or neither: a failed create leaves nothing behind."""
-        folder = self.base(loc).parent
+    def create(self, loc: Location, doc: Mapping | bytes) -> int:
+        """Make both files, or neither: a failed create leaves nothing behind. Returns an
+        append-only descriptor on the `.txt`, for the one task that writes it."""
         try:
-            folder.mkdir(parents=True, exist_ok=True)
-            with open(self.txt_path(loc), "xb"):
-                pass
+            fd = self._new_stream(loc)
+        except OSError as e:
+            raise StorageError(f"cannot create the conversation files: {e.strerror or e}") from e
+        try:
             self.write_status(loc, doc)
-        except (OSError, StorageError) as e:
+        except StorageError as e:
+            os.close(fd)
             self.remove(loc)
-            why = getattr(e, "strerror", None) or e
-            raise StorageError(f"cannot create the conversation files: {why}") from e
+            raise StorageError(f"cannot create the conversation files: {e}") from e
+        return fd
+
+    def _new_stream(self, loc: Location) -> int:
+        """The `.txt`, made and opened for appending in one call; its folder is made only
+        when it is not the one made last (creates come many a second)."""
+        path, flags = self.txt_path(loc), os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL
+        if path.parent != self._folder:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._folder = path.parent
+        try:
+            return os.open(path, flags, 0o644)
+        except FileNotFoundError:  # its folder went meanwhile (retention, say)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return os.open(path, flags, 0o644)
 
     def write_status(self, loc: Location, doc: Mapping | bytes, durable: bool = False) -> None:
         """Replace the `.json` atomically; `durable` also syncs it (for final states)."""
@@ -67,6 +83,42 @@ class Store:
         except OSError as e:
             tmp.unlink(missing_ok=True)
             raise StorageError(f"cannot write {path.name}: {e.strerror or e}") from e
+
+    def write_final(self, docs: list[tuple[Location, bytes]]) -> list[StorageError | None]:
+        """Replace several `.json` atomically and durably, in one batch: every temporary
+        file written, then each synced (`fdatasync`), then each renamed; so one batch's
+        syncs share the filesystem's journal commits. Per document: None, or its error."""
+        errors: list[StorageError | None] = [None] * len(docs)
+        made: list[tuple[int, int, Path, Path]] = []  # index, fd, tmp, path
+        for i, (loc, data) in enumerate(docs):
+            path = self.json_path(loc)
+            tmp = path.with_name(f".{loc.uuid}.{os.getpid()}.tmp")
+            try:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            except OSError as e:
+                errors[i] = StorageError(f"cannot write {path.name}: {e.strerror or e}")
+                continue
+            made.append((i, fd, tmp, path))
+            try:
+                _write_all(fd, data)
+            except OSError as e:
+                errors[i] = StorageError(f"cannot write {path.name}: {e.strerror or e}")
+        for i, fd, tmp, path in made:
+            try:
+                if errors[i] is None:
+                    os.fdatasync(fd)
+            except OSError as e:
+                errors[i] = StorageError(f"cannot write {path.name}: {e.strerror or e}")
+            finally:
+                os.close(fd)
+            try:
+                if errors[i] is None:
+                    os.replace(tmp, path)
+            except OSError as e:
+                errors[i] = StorageError(f"cannot write {path.name}: {e.strerror or e}")
+            if errors[i] is not None:
+                tmp.unlink(missing_ok=True)
+        return errors
 
     def read_status(self, loc: Location) -> dict | None:
         try:
@@ -86,6 +138,12 @@ class Store:
         for path in (self.txt_path(loc), self.json_path(loc)):
             with contextlib.suppress(OSError):
                 path.unlink()
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def append(fd: int, data: bytes) -> None:

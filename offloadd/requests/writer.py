@@ -1,0 +1,145 @@
+"""One thread that does the file work of running requests: their creation, their status
+flushes and their endings, fed by a queue and answered on the event loop.
+
+A worker thread per write (`asyncio.to_thread`) made every request's files wait on one
+another's syncs. Here the endings that became due together are committed as a group:
+every final document written, synced and renamed in one batch (`Store.write_final`),
+then each stream's end appended and its claim released — so a stream's `[DONE]` still
+follows its document onto the disk, and one batch's syncs share the filesystem's journal
+commits. The thread takes what is queued when it is free and never waits for more: a
+lone ending is written at once, and under load the batch is what came during the last
+one. Creates and flushes in the same batch go first and are answered before its syncs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from offloadd.domain.status import StatusDocument
+from offloadd.requests.endings import Endings
+from offloadd.storage.layout import Location
+
+log = logging.getLogger("offloadd.writer")
+MAX_BATCH = 256  # endings per group commit: bounds what one batch can make others wait
+
+
+@dataclass(slots=True)
+class Final:
+    """One request's ending: its final document, its stream's end, what follows each."""
+
+    loc: Location
+    doc: StatusDocument
+    end_bytes: bytes
+    fd: int
+    saved: Callable[[], None]  # the document is durable: serve it (before the end exists)
+    then: Callable[[], None]  # both are written: release the claim
+    future: asyncio.Future = field(init=False)
+
+
+@dataclass(slots=True)
+class Job:
+    fn: Callable[..., Any]
+    args: tuple
+    future: asyncio.Future = field(init=False)
+
+
+class FileWriter:
+    """The one thread that owns the writes of running requests (see the module's doc)."""
+
+    def __init__(self, endings: Endings):
+        self.endings = endings
+        self._queue: queue.SimpleQueue[Job | Final | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def call(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future:
+        """`fn(*args)` in the writer's thread, in the order asked; its result, or error."""
+        return self._put(Job(fn, args))
+
+    def final(
+        self,
+        loc: Location,
+        doc: StatusDocument,
+        end_bytes: bytes,
+        fd: int,
+        saved: Callable[[], None],
+        then: Callable[[], None],
+    ) -> asyncio.Future:
+        """The final document (durable) and then the stream's end, committed with the other
+        endings that are due; done once both are written or kept by `Endings` for retry."""
+        return self._put(Final(loc, doc, end_bytes, fd, saved, then))
+
+    def _put(self, item: Job | Final) -> asyncio.Future:
+        if self._thread is None:
+            self._loop = asyncio.get_running_loop()
+            self._thread = threading.Thread(target=self._work, name="offloadd-writer")
+            self._thread.daemon = True  # a crash must not hang on it; `close` joins it
+            self._thread.start()
+        assert self._loop is not None
+        item.future = self._loop.create_future()
+        self._queue.put(item)
+        return item.future
+
+    async def close(self) -> None:
+        """Finish what is queued, then stop the thread."""
+        if self._thread is not None:
+            self._queue.put(None)
+            await asyncio.to_thread(self._thread.join)
+            self._thread = None
+
+    def _work(self) -> None:
+        while True:
+            batch = [self._queue.get()]
+            while len(batch) < MAX_BATCH:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            jobs = [item for item in batch if isinstance(item, Job)]
+            finals = [item for item in batch if isinstance(item, Final)]
+            if jobs:
+                self._answer([(job.future, *_run(job.fn, *job.args)) for job in jobs])
+            if finals:
+                _, error = _run(self._commit, finals)
+                self._answer([(f.future, None, error) for f in finals])
+            if None in batch:
+                return
+
+    def _commit(self, finals: list[Final]) -> None:
+        self.endings.write_many([(f.loc, f.doc, f.end_bytes, f.fd, f.saved) for f in finals])
+        for f in finals:
+            try:
+                f.then()
+            except Exception:
+                log.exception("request %s: its claim could not be released", f.loc.rel)
+
+    def _answer(self, results: list[tuple[asyncio.Future, Any, BaseException | None]]) -> None:
+        """Settle futures on the loop, one wake-up for a batch."""
+        assert self._loop is not None
+        try:
+            self._loop.call_soon_threadsafe(_settle, results)
+        except RuntimeError:  # the loop has closed: no one waits any more
+            pass
+
+
+def _run(fn: Callable[..., Any], *args: Any) -> tuple[Any, BaseException | None]:
+    try:
+        return fn(*args), None
+    except Exception as e:
+        return None, e
+
+
+def _settle(results: list[tuple[asyncio.Future, Any, BaseException | None]]) -> None:
+    for future, value, error in results:
+        if future.done():
+            continue
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(value)
