@@ -17,6 +17,7 @@ import platform
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -56,11 +57,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.flash = parse_points(args.flash) if args.flash is not None else quick_flashes
     # a smoke run's creates: two low rates for a second each, five stops
     args.rates, args.seconds = ((50, 100), 1) if args.quick else (creates.CREATE_RATES, 4)
-    if args.bursts:
-        args.rates = tuple(int(r) for r in args.bursts.split(","))
+    if args.bursts is not None:  # '' for none
+        args.rates = tuple(int(r) for r in args.bursts.split(",") if r)
     # a smoke run's steady load: 100/s for 20 s (two windows) on a directory of 1,000
     steady = "100" if args.quick else "300,500"
-    args.sustained = [int(r) for r in (args.sustained or steady).split(",") if r]
+    chosen = steady if args.sustained is None else args.sustained
+    args.sustained = [int(r) for r in chosen.split(",") if r]
     args.steady_seconds, args.filled = (20, 1000) if args.quick else (60, sustained.FILLED_ANSWERS)
     args.stops = 5 if args.quick else 20
     return args
@@ -154,6 +156,7 @@ def measure_sustained(report: dict, args) -> None:
     data = sustained.filled_directory(OUT, args.filled)
     data.mkdir(exist_ok=True)
     mock, server = start_servers(data, args.workers)
+    since = time.time()
     try:
         added = asyncio.run(sustained.fill(server.url, data, args.filled))
         print(f"sustained: {data} holds {args.filled} answers ({added} written now)", flush=True)
@@ -162,6 +165,9 @@ def measure_sustained(report: dict, args) -> None:
         ]
         record(report, "sustained", points)
     finally:
+        if server.proc and server.proc.poll() is not None:  # it died: say how
+            print(f"offloadd exited {server.proc.returncode}:", server.output.decode()[-4000:])
+        sustained.trim(data, since)  # the next run starts from the same directory
         server.stop(30)
         mock.stop(30)
 

@@ -10,7 +10,9 @@ times spread over the day before, written straight to the disk.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import shutil
 import time
 import uuid
 from pathlib import Path
@@ -58,6 +60,30 @@ async def fill(base: str, data: Path, answers: int = FILLED_ANSWERS) -> int:
     return answers - have
 
 
+def trim(data: Path, since: float) -> int:
+    """Remove the answers made since `since` (a run's), newest folders first; how many
+    second-folders went."""
+    first = time.strftime("%Y/%m/%d/%H/%M/%S", time.gmtime(since))
+    removed = 0
+    for scope in ("pub", "priv"):
+        for folder in _newest_first(data / scope, 6):
+            if folder.relative_to(data / scope).as_posix() < first:
+                break
+            shutil.rmtree(folder, ignore_errors=True)
+            removed += 1
+    return removed
+
+
+def _newest_first(root: Path, depth: int):
+    """The folders `depth` levels below `root` (YYYY/MM/DD/HH/MM/SS), newest first."""
+    if depth == 0:
+        yield root
+        return
+    with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+        for name in sorted(os.listdir(root), reverse=True):
+            yield from _newest_first(root / name, depth - 1)
+
+
 async def loop_lag(s: aiohttp.ClientSession, base: str) -> dict[str, float]:
     """The lag figures of the daemon that answers (one worker's, with `--workers 2`)."""
     async with s.get(f"{base}/metrics") as resp:
@@ -85,7 +111,7 @@ async def steady(server, rate: int, seconds: float = 60, window: float = 10) -> 
     """Open-loop creates at `rate` for `seconds`: per window, achieved rate, p50/p99 of
     the creates sent in it, the server's CPU per create and the loop's lag."""
     sent: list[tuple[float, float, bool]] = []  # send offset, latency ms, ok
-    marks: list[tuple[float, dict]] = []  # CPU seconds and lag at each window's edge
+    marks: dict[int, tuple[float, dict]] = {}  # CPU seconds and lag at each window's edge
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector) as s:
 
@@ -100,15 +126,16 @@ async def steady(server, rate: int, seconds: float = 60, window: float = 10) -> 
                 pass
             sent.append((at, (time.perf_counter() - t) * 1000, ok))
 
-        async def edge() -> None:
-            marks.append((cpu_of(server.pids()), await loop_lag(s, server.url)))
+        async def edge(k: int) -> None:  # CPU read at once: a late lag reading matters less
+            cpu = cpu_of(server.pids())
+            marks[k] = (cpu, await loop_lag(s, server.url))
 
-        await edge()
+        await edge(0)
         tasks, start, edges = [], time.perf_counter(), 1
         for i in range(int(rate * seconds)):
             at = i / rate
             if at >= edges * window:
-                tasks.append(asyncio.create_task(edge()))
+                tasks.append(asyncio.create_task(edge(edges)))
                 edges += 1
             delay = start + at - time.perf_counter()
             if delay > 0:
@@ -116,11 +143,11 @@ async def steady(server, rate: int, seconds: float = 60, window: float = 10) -> 
             tasks.append(asyncio.create_task(one(at)))
         await asyncio.gather(*tasks)
         await asyncio.sleep(0.5)  # the last requests end
-        await edge()
-    return {"rate": rate, "windows": _windows(sent, marks, rate, window)}
+        await edge(edges)
+    return {"rate": rate, "windows": _windows(sent, [marks[k] for k in sorted(marks)], window)}
 
 
-def _windows(sent, marks, rate: int, window: float) -> list[dict]:
+def _windows(sent, marks, window: float) -> list[dict]:
     out = []
     for w in range(len(marks) - 1):
         mine = [(lat, ok) for at, lat, ok in sent if w * window <= at < (w + 1) * window]
