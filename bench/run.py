@@ -155,6 +155,7 @@ def measure_sustained(report: dict, args) -> None:
         return
     data = sustained.filled_directory(OUT, args.filled)
     data.mkdir(exist_ok=True)
+    sustained.reset(data)
     mock, server = start_servers(data, args.workers)
     since = time.time()
     try:

@@ -74,6 +74,13 @@ def trim(data: Path, since: float) -> int:
     return removed
 
 
+def reset(data: Path) -> None:
+    """Forget the daemons of earlier runs (whose answers `trim` removed): a daemon killed at
+    the end of a run that fell behind leaves claims, whose takeover the next run would pay."""
+    for name in ("run", "owners", "stop"):
+        shutil.rmtree(data / ".offloadd" / name, ignore_errors=True)
+
+
 def _newest_first(root: Path, depth: int):
     """The folders `depth` levels below `root` (YYYY/MM/DD/HH/MM/SS), newest first."""
     if depth == 0:
