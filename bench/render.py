@@ -80,6 +80,30 @@ def creates_table(runs: list[dict]) -> list[str]:
     return lines + [""]
 
 
+def sustained_table(runs: list[dict]) -> list[str]:
+    """Steady creates per 10-s window, each cell min / median / max over the runs."""
+    lines = [
+        "## Sustained creates (60 s per rate, per 10-s window, on 100,000 answers)",
+        "",
+        "| creates /s | window | errors | p50 ms | p99 ms | server CPU ms / create "
+        "| loop lag mean ms | loop stalls > 5 ms |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for i, point in enumerate(runs[0].get("sustained", [])):
+        for w in range(len(point["windows"])):
+            col = lambda key, i=i, w=w: [  # noqa: E731
+                run["sustained"][i]["windows"][w][key]
+                for run in runs
+                if len(run.get("sustained", [])) > i and len(run["sustained"][i]["windows"]) > w
+            ]
+            lines.append(
+                f"| {point['rate']} | {w + 1} | {spread(col('errors'))} | {spread(col('p50_ms'))} "
+                f"| {spread(col('p99_ms'))} | {spread(col('cpu_ms_per_create'))} "
+                f"| {spread(col('lag_mean_ms'))} | {spread(col('stalls'))} |"
+            )
+    return lines + [""]
+
+
 def highest_rate(run: dict, p99_ms: float) -> int:
     ok = [c["rate"] for c in run.get("creates", []) if c["p99_ms"] <= p99_ms and not c["errors"]]
     return max(ok, default=0)
@@ -238,6 +262,8 @@ def _creates_and_the_rest(runs: list[dict]) -> list[str]:
     lines += creates_table(runs)
     rates = [highest_rate(run, 20) for run in runs]
     lines += [f"Highest rate asked with p99 ≤ 20 ms and no error: {spread(rates)} /s.", ""]
+    if any(run.get("sustained") for run in runs):
+        lines += sustained_table(runs)
     stop = [run["stop"]["p99_ms"] for run in runs if run.get("stop")]
     idle = [run["idle_cpu_s_per_s"] for run in runs if "idle_cpu_s_per_s" in run]
     lines += [

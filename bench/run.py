@@ -17,13 +17,14 @@ import platform
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "bench"), str(ROOT / "tests")]  # tests/realworld: one launcher
 from measure import DELAY_MS, TOKENS, raise_fd_limit  # noqa: E402
 from render import markdown  # noqa: E402
-from scenarios import creates, fanout, nchan  # noqa: E402
+from scenarios import creates, fanout, nchan, sustained  # noqa: E402
 
 from realworld import Daemon  # noqa: E402
 
@@ -46,12 +47,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--only", choices=["delivery", "creates"], help="delivery: no creates, stop, static"
     )
     parser.add_argument("--json", type=Path, help="also write the raw figures here")
+    parser.add_argument(
+        "--sustained", help="steady create rates, 60 s each on a full directory, e.g. 300,500"
+    )
+    parser.add_argument("--bursts", help="create rates for the 4-s bursts, e.g. 500,1000")
     args = parser.parse_args(argv)
     args.points = parse_points(args.points) if args.points else POINTS[: 2 if args.quick else 4]
     quick_flashes = [] if args.quick else FLASH_POINTS
     args.flash = parse_points(args.flash) if args.flash is not None else quick_flashes
     # a smoke run's creates: two low rates for a second each, five stops
     args.rates, args.seconds = ((50, 100), 1) if args.quick else (creates.CREATE_RATES, 4)
+    if args.bursts is not None:  # '' for none
+        args.rates = tuple(int(r) for r in args.bursts.split(",") if r)
+    # a smoke run's steady load: 100/s for 20 s (two windows) on a directory of 1,000
+    steady = "100" if args.quick else "300,500"
+    chosen = steady if args.sustained is None else args.sustained
+    args.sustained = [int(r) for r in chosen.split(",") if r]
+    args.steady_seconds, args.filled = (20, 1000) if args.quick else (60, sustained.FILLED_ANSWERS)
     args.stops = 5 if args.quick else 20
     return args
 
@@ -137,6 +149,30 @@ def measure_creates(report: dict, args, server: Daemon, mock: Daemon) -> None:
     record(report, "stop", asyncio.run(stops))
 
 
+def measure_sustained(report: dict, args) -> None:
+    """Steady creates on the kept full directory (filled on first use), a fresh daemon."""
+    if not args.sustained:
+        return
+    data = sustained.filled_directory(OUT, args.filled)
+    data.mkdir(exist_ok=True)
+    sustained.reset(data)
+    mock, server = start_servers(data, args.workers)
+    since = time.time()
+    try:
+        added = asyncio.run(sustained.fill(server.url, data, args.filled))
+        print(f"sustained: {data} holds {args.filled} answers ({added} written now)", flush=True)
+        points = [
+            asyncio.run(sustained.steady(server, r, args.steady_seconds)) for r in args.sustained
+        ]
+        record(report, "sustained", points)
+    finally:
+        if server.proc and server.proc.poll() is not None:  # it died: say how
+            print(f"offloadd exited {server.proc.returncode}:", server.output.decode()[-4000:])
+        sustained.trim(data, since)  # the next run starts from the same directory
+        server.stop(30)
+        mock.stop(30)
+
+
 def measure_nchan(report: dict, args, server: Daemon, data: Path) -> None:
     """The same fan-out and crowds through nginx + Nchan; a static file from both."""
     if args.no_nchan or not nchan.MODULE.exists():
@@ -168,6 +204,8 @@ def run(args: argparse.Namespace) -> dict:
         finally:
             server.stop(30)
             mock.stop(30)
+        if args.only != "delivery":
+            measure_sustained(report, args)
     finally:
         shutil.rmtree(data, ignore_errors=True)
         restore_backlogs(backlogs)

@@ -28,6 +28,8 @@ class Metrics:
         self.stream_waiters: Callable[[], int] = lambda: 0
         self.loop_lag_max = 0.0  # the event loop's longest blocking stretch seen
         self.loop_stalls = 0  # stretches over STALL seconds
+        self.loop_lag_sum = 0.0  # with `loop_lag_count`: the mean lag over any interval
+        self.loop_lag_count = 0
 
     async def watch_loop(self, period: float = 0.01) -> None:
         """Measure how late the event loop wakes a sleeper: anything that blocks it (file
@@ -38,6 +40,8 @@ class Metrics:
             await asyncio.sleep(period)
             lag = loop.time() - before - period
             self.loop_lag_max = max(self.loop_lag_max, lag)
+            self.loop_lag_sum += lag
+            self.loop_lag_count += 1
             self.loop_stalls += lag > STALL
 
     def first_token(self, seconds: float) -> None:
@@ -98,6 +102,9 @@ class Metrics:
         lines.append(f"offloadd_upstream_ttft_seconds_count {cumulative}")
         family("offloadd_loop_lag_max_seconds", "gauge", "The event loop's longest stall.")
         lines.append(f"offloadd_loop_lag_max_seconds {self.loop_lag_max:.6f}")
+        family("offloadd_loop_lag_seconds", "summary", "How late the loop woke a 10 ms sleep.")
+        lines.append(f"offloadd_loop_lag_seconds_sum {self.loop_lag_sum:.6f}")
+        lines.append(f"offloadd_loop_lag_seconds_count {self.loop_lag_count}")
         family("offloadd_loop_stalls_total", "counter", "Event loop stalls over 5 ms.")
         lines.append(f"offloadd_loop_stalls_total {self.loop_stalls}")
         return "\n".join(lines) + "\n"

@@ -9,6 +9,8 @@ import time
 import aiohttp
 from measure import cpu_of, pct
 
+from scenarios.sustained import lag_between, loop_lag
+
 CREATE_RATES = (100, 250, 500, 750, 1000)
 
 
@@ -33,6 +35,7 @@ async def create_rate(base: str, rate: int, seconds: float) -> dict:
     errors = 0
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector) as s:
+        lag0 = await loop_lag(s, base)
 
         async def one() -> None:
             nonlocal errors
@@ -55,12 +58,14 @@ async def create_rate(base: str, rate: int, seconds: float) -> dict:
             tasks.append(asyncio.create_task(one()))
         await asyncio.gather(*tasks)
         elapsed = time.perf_counter() - start
+        lag = lag_between(lag0, await loop_lag(s, base))
     return {
         "rate": rate,
         "achieved": round(len(latencies) / elapsed, 1),
         "errors": errors,
         "p50_ms": round(pct(latencies, 0.5), 2),
         "p99_ms": round(pct(latencies, 0.99), 2),
+        **lag,
     }
 
 
