@@ -170,7 +170,7 @@ async def put(request: web.Request) -> web.Response:
     owner, charge = await _caller(request, charged=True)
     try:
         created = await _create(request, path, content_type, body, owner, access == "private")
-    except BaseException:
+    except Exception:  # refused or failed: not counted (a caller that left is: it goes on)
         if charge is not None:
             await request.app[KEYS].refund(charge)
         raise
@@ -233,7 +233,7 @@ async def post(request: web.Request) -> web.Response:
                 owner=owner,
             ),
         )
-    except BaseException:
+    except Exception:  # refused or failed: not counted (a caller that left is: it goes on)
         if charge is not None:
             await request.app[KEYS].refund(charge)
         raise
