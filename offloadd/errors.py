@@ -34,6 +34,11 @@ class Unauthorized(ApiError):
     code = "unauthorized"
 
 
+class Forbidden(ApiError):
+    status = 403
+    code = "forbidden"
+
+
 class NotFound(ApiError):
     status = 404
     code = "not_found"
@@ -47,6 +52,16 @@ class MethodNotAllowed(ApiError):
 class RequestTimeout(ApiError):
     status = 408
     code = "request_timeout"
+
+
+class Conflict(ApiError):
+    status = 409
+    code = "conflict"
+
+
+class Gone(ApiError):
+    status = 410
+    code = "gone"
 
 
 class PayloadTooLarge(ApiError):

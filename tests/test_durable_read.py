@@ -10,6 +10,8 @@ from pathlib import Path
 
 import orjson
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from helpers import file_of
 from offloadd.protocol.durable import START, format_offset
@@ -284,3 +286,62 @@ class TestTypeScriptClient:
         token = answer["authorization"]["bearer_token"]
         out, _ = await read_with_client(url, "long-poll", "--param", f"token={token}")
         assert out == file_of(data_dir, url).read_bytes()
+
+
+class TestMore:
+    async def test_an_async_request_is_read_the_same_way(self, api, data_dir):
+        answer = await api.create(path="/v1/async-chatgpt", model="mock?tokens=5")
+        url = answer["endpoints"]["status_url"].replace(".json", ".txt")
+        assert "/2/r/" in url
+        got, _ = await long_poll_all(api, url)
+        assert got == file_of(data_dir, url).read_bytes()
+
+    async def test_an_sse_read_ends_after_its_time_and_resumes(self, make_api, data_dir):
+        api = await make_api(sse_seconds=0.3)
+        url, _ = await live(api, model="mock?tokens=60&delay_ms=30")
+        resp = await api.get(f"{url}?offset=-1&live=sse")
+        events = parse_all(await resp.read())  # ends long before the answer does
+        last = orjson.loads([e for e in events if e.event == "control"][-1].data)
+        assert "streamClosed" not in last
+        got, _ = await long_poll_all(api, url, last["streamNextOffset"])
+        raw = file_of(data_dir, url).read_bytes()
+        assert raw[: int(last["streamNextOffset"].split("_")[1])] + got == raw
+
+
+class TestFuzzedQueries:
+    @settings(
+        max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    )
+    @given(
+        st.dictionaries(
+            st.sampled_from(["offset", "live", "cursor", "token", "x"]),
+            st.text(st.characters(blacklist_categories=("Cs",)), max_size=30),
+            min_size=1,
+        )
+    )
+    async def test_any_query_is_answered_never_a_5xx_never_hung(self, client, params):
+        url = await TestFuzzedQueries.finished_url(client)
+        async with asyncio.timeout(10):
+            resp = await client.get(_path(url), params=params)
+            await resp.read()
+        assert resp.status < 500
+
+    _url: dict = {}
+
+    @staticmethod
+    async def finished_url(client) -> str:
+        """One finished answer per app (made on first use)."""
+        key = id(client)
+        if key not in TestFuzzedQueries._url:
+            body = {"model": "mock?tokens=3", "messages": [{"role": "user", "content": "x"}]}
+            resp = await client.post(
+                "/v1/stream-chatgpt", json=body, headers={"X-OpenAI-API-Key": "sk-x"}
+            )
+            urls = (await resp.json())["endpoints"]
+            async with asyncio.timeout(10):
+                while (await (await client.get(_path(urls["status_url"]))).json())[
+                    "status"
+                ] != "done":
+                    await asyncio.sleep(0.02)
+            TestFuzzedQueries._url[key] = urls["stream_events_url"]
+        return TestFuzzedQueries._url[key]

@@ -359,14 +359,20 @@ def webhook_secret(data: Path) -> None:
 @click.option("--dry-run", is_flag=True, help="Only list what would be removed.")
 @DATA_OPTION
 def gc(older_than: float, dry_run: bool, data: Path) -> None:
-    """Remove finished conversations older than a cutoff (never a running one)."""
+    """Remove finished conversations older than a cutoff (never a running one), and
+    application streams expired or idle for longer than it."""
+    from offloadd.requests.streams import collect as collect_streams
     from offloadd.storage.retention import collect
+    from offloadd.storage.streams import StreamFiles
 
     paths = collect(data, older_than, dry_run=dry_run)
     for path in paths:
         click.echo(path.relative_to(data).with_suffix(""))
+    streams = collect_streams(StreamFiles(data), older_than, dry_run=dry_run)
+    for stream in streams:
+        click.echo(f"stream {stream}")
     verb = "would remove" if dry_run else "removed"
-    click.echo(f"{verb} {len(paths)} conversation(s)")
+    click.echo(f"{verb} {len(paths)} conversation(s) and {len(streams)} stream(s)")
 
 
 # --- the terminal client: client_cmds.py ------------------------------------------------

@@ -21,6 +21,7 @@ OWN_FIELDS = (
     "from_status_url",
     "from_bearer_token",
     "webhook_url",
+    "session_stream",
 )
 
 
@@ -35,6 +36,7 @@ class Options:
     from_status_url: str | None
     from_bearer_token: str | None
     webhook_url: str | None
+    session_stream: str | None = None  # an app stream the answer is appended to (JSON)
 
 
 @dataclass(frozen=True)
@@ -137,6 +139,7 @@ def options_of(body: dict, config: Config) -> Options:
         from_status_url=_optional_str(body, "from_status_url"),
         from_bearer_token=_optional_str(body, "from_bearer_token"),
         webhook_url=_optional_str(body, "webhook_url"),
+        session_stream=_optional_str(body, "session_stream"),
     )
 
 
@@ -172,6 +175,10 @@ def body_schema(config: Config) -> dict:
             "conversation_id": {"type": "string", "pattern": f"^{CONVERSATION_ID.pattern}$"},
             **{
                 name: {"type": "string"} for name in OWN_FIELDS if name.endswith(("_url", "_token"))
+            },
+            "session_stream": {
+                "type": "string",
+                "description": "an application stream (JSON) the answer is appended to",
             },
         },
         "additionalProperties": True,

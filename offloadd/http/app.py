@@ -24,6 +24,7 @@ from offloadd.http.appkeys import (
     ON_FATAL,
     RUNNER,
     STORE,
+    STREAMS,
     UPSTREAM_URL,
 )
 from offloadd.http.middleware import cors_middleware, error_middleware
@@ -37,12 +38,18 @@ from offloadd.requests.endings import Endings
 from offloadd.requests.housekeeping import Housekeeping
 from offloadd.requests.readers import Hub
 from offloadd.requests.runner import Runner
+from offloadd.requests.sessions import Sessions
+from offloadd.requests.streams import Streams
+from offloadd.requests.streams import collect as collect_streams
+from offloadd.requests.watch import Watch
 from offloadd.storage.registry import Registry
 from offloadd.storage.retention import collect
 from offloadd.storage.store import Store
+from offloadd.storage.streams import StreamFiles
 from offloadd.upstream.call import Upstream
 
 log = logging.getLogger("offloadd.web")
+STREAMS_GC_SECONDS = 60.0
 
 
 def make_app(
@@ -59,6 +66,7 @@ def make_app(
     app[CONFIG] = config
     app[STORE] = Store(config.data)
     app[METRICS] = Metrics()
+    app[STREAMS] = Streams(StreamFiles(config.data), Watch(config.poll_interval))
     app[ON_FATAL] = on_fatal
     if config.auth:
         if keys is not None:
@@ -160,6 +168,7 @@ async def _runner_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     runner = app[RUNNER]
     runner.on_append = hub.poke
+    app[CREATOR].sessions = Sessions(app[STREAMS], hub, runner)
     housekeeping = Housekeeping(
         runner.registry,
         app[STORE],
@@ -173,9 +182,11 @@ async def _runner_ctx(app: web.Application) -> AsyncIterator[None]:
         "offloadd-hub": hub.run(),
         "offloadd-housekeeping": housekeeping.run(),
         "offloadd-loop-watch": app[METRICS].watch_loop(),
+        "offloadd-streams-watch": app[STREAMS].watcher.run(),
     }
     if config.retention_seconds:
         jobs["offloadd-retention"] = _retention(config.data, config.retention_seconds)
+    jobs["offloadd-streams-gc"] = _streams_gc(app[STREAMS].files, config.retention_seconds)
     tasks = [_supervised(app, job, name) for name, job in jobs.items()]
     yield
     for task in tasks:
@@ -210,7 +221,23 @@ async def _retention(data: Path, seconds: float) -> None:
         await asyncio.sleep(min(3600.0, max(1.0, seconds / 10)))
 
 
+async def _streams_gc(files: StreamFiles, retention: float | None) -> None:
+    """Expired application streams are removed, not only refused (and, with `--retention`,
+    streams idle for longer): every minute, in a worker thread."""
+    while True:
+        try:
+            removed = await asyncio.to_thread(collect_streams, files, retention)
+        except Exception:  # a disk that fails now may not next time: serving goes on
+            log.exception("streams: housekeeping failed")
+        else:
+            if removed:
+                log.info("streams: removed %d expired or idle stream(s)", len(removed))
+        await asyncio.sleep(STREAMS_GC_SECONDS)
+
+
 async def _shutdown(app: web.Application) -> None:
     """Before open connections are closed: running requests finish or end, so every
     reader receives its stream's end instead of a cut connection."""
     await app[RUNNER].close()
+    if (sessions := app[CREATOR].sessions) is not None:
+        await sessions.close()  # the answers' ends into their session streams

@@ -12,6 +12,7 @@ from offloadd.metrics import Metrics
 from offloadd.requests.create import Creator
 from offloadd.requests.readers import Hub
 from offloadd.requests.runner import Runner
+from offloadd.requests.streams import Streams
 from offloadd.storage.store import Store
 
 CONFIG = web.AppKey("config", Config)
@@ -22,6 +23,7 @@ UPSTREAM_URL = web.AppKey("upstream_url", str)
 KEYS = web.AppKey("keys", KeyStore)
 METRICS = web.AppKey("metrics", Metrics)
 CREATOR = web.AppKey("creator", Creator)
+STREAMS = web.AppKey("streams", Streams)  # application streams (Durable Streams)
 ON_FATAL: web.AppKey[Callable[[str], None]] = web.AppKey("on_fatal")
 # "POST /v1/…" for each create route of the route table (`routes.py`), for /v1/info
 CREATE_ENDPOINTS: web.AppKey[tuple[str, ...]] = web.AppKey("create_endpoints")

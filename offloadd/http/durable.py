@@ -11,7 +11,7 @@ import time
 
 from aiohttp import web
 
-from offloadd.errors import BadRequest
+from offloadd.errors import BadRequest, NotFound
 from offloadd.http.appkeys import CONFIG
 from offloadd.protocol.durable import (
     BINARY,
@@ -68,6 +68,8 @@ async def read(request: web.Request, source: Source) -> web.StreamResponse:
         return _catch_up(request, source, await source.read(pos), pos == NOW)
     except BadOffset as e:
         raise BadRequest(f"bad offset: {e}", code="bad_offset") from None
+    except FileNotFoundError:  # removed meanwhile (retention)
+        raise NotFound("no such stream") from None
 
 
 def head(source: Source, tail: int, closed: bool) -> web.Response:
@@ -181,29 +183,30 @@ async def _sse(request: web.Request, source: Source, pos: int) -> web.StreamResp
     }
     if source.kind == BINARY:
         headers[SSE_ENCODING] = "base64"
-    first = await source.read(pos)  # a bad offset is a 400, before the 200 is sent
+    pos = (await source.read(pos, 0)).start  # a bad offset is a 400 before the 200; `now`
     response = web.StreamResponse(headers=headers)
     await response.prepare(request)
     loop = asyncio.get_running_loop()
     close_at = loop.time() + config.sse_seconds
     token = _cursor(request)
-    with contextlib.suppress(ConnectionResetError):
+    with contextlib.suppress(ConnectionResetError, FileNotFoundError):
         async with source.watch() as watch:
-            chunk: Chunk | None = first
+            sent = False
             while True:
-                changed = watch.arm()
-                chunk = chunk or await source.read(pos)
+                changed = watch.arm()  # before the read: nothing written after it is missed
+                chunk = await source.read(pos)
                 pos = chunk.next
                 control = Control(format_offset(pos), token, chunk.at_tail, chunk.finished)
-                if chunk.data or chunk is first or chunk.finished:
+                if chunk.data or not sent or chunk.finished:
                     data = sse_data(chunk.data, source.kind) if chunk.data else b""
                     await response.write(data + sse_control(control))
+                    sent = True
                 if chunk.finished:
                     break
                 if not chunk.at_tail:
-                    chunk = None
+                    if loop.time() >= close_at:  # a reader far behind reconnects too
+                        break
                     continue
-                chunk = None
                 wait = min(config.keepalive_seconds, close_at - loop.time())
                 if wait <= 0:
                     break

@@ -135,7 +135,16 @@ async def cors_middleware(request: web.Request, handler) -> web.StreamResponse:
 
 async def preflight(request: web.Request) -> web.Response:
     headers = cors_headers(request)
-    if "Access-Control-Allow-Origin" in headers:
+    allowed = "Access-Control-Allow-Origin" in headers
+    if allowed and request.path.startswith(STREAMS_PREFIX):
+        headers.update(
+            {
+                "Access-Control-Allow-Methods": "GET, POST, PUT, DELETE, HEAD, OPTIONS",
+                "Access-Control-Allow-Headers": durable.REQUEST_HEADERS,
+                "Access-Control-Max-Age": "86400",
+            }
+        )
+    elif allowed:
         headers.update(
             {
                 "Access-Control-Allow-Methods": "GET, POST, OPTIONS",

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from offloadd.errors import ApiError
+from offloadd.http import streams
 from offloadd.http.anthropic.messages import create_message
 from offloadd.http.appkeys import CREATE_ENDPOINTS, METRICS
 from offloadd.http.middleware import preflight
@@ -27,9 +28,10 @@ from offloadd.http.native import (
 )
 from offloadd.http.openai.chat import chat_completions
 from offloadd.http.openai.responses import cancel_response, create_response, retrieve_response
-from offloadd.storage.layout import ROUTE
+from offloadd.storage.layout import ROUTE, STREAMS_PREFIX
 from offloadd.storage.store import StorageError
 
+STREAM = STREAMS_PREFIX + "{path:.+}"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -63,6 +65,12 @@ ROUTES = (
     Route("GET", f"{ROUTE}.txt", events, cors=True),
     Route("GET", f"{ROUTE}/stop", stop, cors=True, head=False),
     Route("POST", f"{ROUTE}/stop", stop, cors=True),
+    # application streams (Durable Streams): http/streams.py
+    Route("PUT", STREAM, streams.put, cors=True),
+    Route("POST", STREAM, streams.post, cors=True),
+    Route("GET", STREAM, streams.get, cors=True, head=False),
+    Route("HEAD", STREAM, streams.head, cors=True),
+    Route("DELETE", STREAM, streams.delete, cors=True),
 )
 
 

@@ -41,12 +41,13 @@ RECEIVED_SEQ = "Producer-Received-Seq"
 REQUEST_HEADERS = (
     "Content-Type, Authorization, If-None-Match, Stream-Seq, Stream-TTL, Stream-Expires-At, "
     "Stream-Closed, Producer-Id, Producer-Epoch, Producer-Seq, Stream-Forked-From, "
-    "Stream-Fork-Offset, Stream-Fork-Sub-Offset, X-API-Key"
+    "Stream-Fork-Offset, Stream-Fork-Sub-Offset, X-API-Key, Stream-Access"
 )
 RESPONSE_HEADERS = (
     "Stream-Next-Offset, Stream-Cursor, Stream-Up-To-Date, Stream-Closed, Stream-TTL, "
     "Stream-Expires-At, Stream-SSE-Data-Encoding, Producer-Epoch, Producer-Seq, "
-    "Producer-Expected-Seq, Producer-Received-Seq, ETag, Content-Type, Location"
+    "Producer-Expected-Seq, Producer-Received-Seq, ETag, Content-Type, Location, "
+    "Stream-Read-Token"
 )
 SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",

@@ -24,7 +24,8 @@ from offloadd.errors import BadRequest, NotFound, Unavailable
 from offloadd.keys.base import Charge, KeyStore
 from offloadd.protocol.wire import Dialect
 from offloadd.requests.runner import Runner
-from offloadd.storage.layout import Kind, Location
+from offloadd.requests.sessions import Sessions
+from offloadd.storage.layout import Kind, Location, parse_url
 from offloadd.storage.store import Store
 from offloadd.upstream.call import Call
 
@@ -68,6 +69,7 @@ class Creator:
     ):
         self.config, self.store, self.runner, self.webhooks = config, store, runner, webhooks
         self.keys, self.idempotency = keys, idempotency
+        self.sessions: Sessions | None = None  # set once the readers' hub runs (app.py)
 
     async def admit(self, caller: str | None) -> None:
         """Before the body is read: is the server taking requests, is the key good."""
@@ -81,6 +83,11 @@ class Creator:
         earlier = await self._earlier(new) if options.from_status_url else None
         previous = await self._previous(new) if new.chat.previous_response_id else None
         webhook = self.webhooks.check_url(options.webhook_url) if options.webhook_url else None
+        session = None
+        if options.session_stream:
+            if self.sessions is None:
+                raise Unavailable("session streams are not ready yet", code="not_ready")
+            session = await self.sessions.check(options.session_stream, new.caller)
         caller_scope = hashlib.sha256((new.caller or "").encode()).hexdigest()
         idem = new.idempotency_key
         if idem is not None:
@@ -103,6 +110,10 @@ class Creator:
             raise
         if idem is not None:
             await self.idempotency.finish(caller_scope, idem, new.body, answer, new.route)
+        if session is not None and self.sessions is not None:
+            found = parse_url(answer["endpoints"]["status_url"])
+            assert found is not None  # we made this URL
+            self.sessions.follow(session, found[1], answer)
         return Created(answer, _limits(charge))
 
     async def _earlier(self, new: NewRequest) -> StatusDocument:

@@ -48,11 +48,22 @@ class Waiter(Protocol):
 
 
 class Source(Protocol):
-    content_type: str
-    kind: str  # protocol.durable TEXT, JSON or BINARY
-    etag_key: str
-    private: bool
-    head_headers: dict
+    @property
+    def content_type(self) -> str: ...
+
+    @property
+    def kind(self) -> str:
+        """protocol.durable's TEXT, JSON or BINARY."""
+        ...
+
+    @property
+    def etag_key(self) -> str: ...
+
+    @property
+    def private(self) -> bool: ...
+
+    @property
+    def head_headers(self) -> dict: ...
 
     async def read(self, start: int, limit: int = READ_LIMIT) -> Chunk:
         """From byte `start` (or `NOW`: the tail); BadOffset past the tail."""

@@ -1,9 +1,10 @@
 """Logging: one JSON object per request, with the path but never the query or headers.
 
 Query strings carry private stream tokens and headers carry keys, so neither
-is ever logged. The one exception is a Durable Streams `offset` this server could
-have handed out (digits, or `-1`/`now`): it carries nothing private, and it is how
-an operator sees what a cache in front lets through (docs/deployment-cache.md).
+is ever logged. The one exception is a Durable Streams read's `offset`, if this server
+could have handed it out (digits, or `-1`/`now`), and its `live` mode if it is one of the
+protocol's: they carry nothing private, and they are how an operator sees what a cache
+in front lets through (docs/deployment-cache.md).
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ class AccessLogger(AbstractAccessLogger):
         }
         if (offset := _offset(request)) is not None:
             line["offset"] = offset
+            live = request.rel_url.query.get("live", "")
+            line["live"] = live if live in ("long-poll", "sse") else ""
         self.logger.info(orjson.dumps(line).decode())
 
 
