@@ -13,6 +13,12 @@ CROWD = "## A crowd through the cache"
 STREAMS = "## Application streams against the reference server"
 
 
+def _load(runs: list[dict]) -> str:
+    """The machine's load average (1 min) as each run began: others share its two cores."""
+    loads = [f"{run['loadavg_before'][0]:.2f}" for run in runs if "loadavg_before" in run]
+    return f"load average (1 min) as each run began: {', '.join(loads)}." if loads else ""
+
+
 def _crowd_rows(runs: list[dict], system: str, offloadd: bool) -> list[str]:
     rows = []
     for i, p in enumerate(runs[0].get(system, [])):
@@ -88,7 +94,7 @@ def crowd_section(runs: list[dict], command: str) -> list[str]:
         "receipt − the token's send stamp, for tokens sent after the reader arrived. "
         "One reader per answer is the baseline. Nchan: the same answers published to "
         "EventSource subscribers arriving at once (`nchan_subscriber_first_message oldest`). "
-        f"{len(runs)} run(s), min / median / max.",
+        f"{len(runs)} run(s), min / median / max; {_load(runs)}",
         "",
         *_crowd_goals(runs),
         "**offloadd behind the nginx cache**",
@@ -97,6 +103,13 @@ def crowd_section(runs: list[dict], command: str) -> list[str]:
         "| reached offloadd | per offset, mean / max | nginx CPU s |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
         *_crowd_rows(runs, "crowd", True),
+        "",
+        "The load generator's own CPU (s), per point: "
+        + "; ".join(
+            f"{p['streams']}, {p['readers']:,}: {spread(column(runs, 'crowd', i, 'loadgen_cpu_s'))}"
+            for i, p in enumerate(runs[0]["crowd"])
+        )
+        + ".",
         "",
     ]
     if runs[0].get("nchan_crowd"):
@@ -113,7 +126,7 @@ def crowd_section(runs: list[dict], command: str) -> list[str]:
 
 def streams_section(runs: list[dict], command: str) -> list[str]:
     """Issue 25.7: offloadd's application streams against the reference server."""
-    runs = [run["streams"] for run in runs if run.get("streams")]
+    reports, runs = runs, [run["streams"] for run in runs if run.get("streams")]
     if not runs:
         return []
 
@@ -144,7 +157,8 @@ def streams_section(runs: list[dict], command: str) -> list[str]:
         "`@durable-streams/server` 0.3.7 (in memory, `tests/js/reference-server.mjs`) and "
         "offloadd (one worker; every append fdatasync'ed before its answer) in the same "
         "run, by the same load generator (`bench/scenarios/streams.py`). "
-        f"{len(runs)} run(s), min / median / max; the goal: offloadd ahead on every figure.",
+        f"{len(runs)} run(s), min / median / max; {_load(reports)} The goal: offloadd "
+        "ahead on every figure.",
         "",
         "| figure | offloadd | reference 0.3.7 | offloadd ÷ reference (medians) | goal |",
         "|---|---|---|---|---|",

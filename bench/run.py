@@ -99,6 +99,7 @@ def new_report(args: argparse.Namespace) -> dict:
         "workers": args.workers,
         "tokens": TOKENS,
         "delay_ms": DELAY_MS,
+        "loadavg_before": [round(x, 2) for x in os.getloadavg()],  # others share the machine
         "sysctls": {
             key: Path("/proc/sys", key.replace(".", "/")).read_text().strip()
             for key in BACKLOG_SYSCTLS
