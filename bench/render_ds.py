@@ -14,9 +14,12 @@ STREAMS = "## Application streams against the reference server"
 
 
 def _load(runs: list[dict]) -> str:
-    """The machine's load average (1 min) as each run began: others share its two cores."""
+    """The machine's load average (1 min) as each run began (others share its two cores),
+    and the commit measured."""
     loads = [f"{run['loadavg_before'][0]:.2f}" for run in runs if "loadavg_before" in run]
-    return f"load average (1 min) as each run began: {', '.join(loads)}." if loads else ""
+    commits = sorted({run.get("commit", "unknown") for run in runs})
+    text = f"load average (1 min) as each run began: {', '.join(loads)}; " if loads else ""
+    return text + f"commit {', '.join(commits)}."
 
 
 def _crowd_rows(runs: list[dict], system: str, offloadd: bool) -> list[str]:

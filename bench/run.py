@@ -15,6 +15,7 @@ import json
 import os
 import platform
 import shutil
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -93,6 +94,17 @@ def machine() -> str:
     return f"{os.cpu_count()} cores ({cpu}), {mem:.0f} GiB, Python {platform.python_version()}"
 
 
+def commit() -> str:
+    """The commit measured (with `+` when the work tree has changes)."""
+    git = ["git", "-C", str(ROOT)]
+    try:
+        head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True)
+        dirty = subprocess.run([*git, "diff", "--quiet", "HEAD", "--", "offloadd"]).returncode
+    except OSError:
+        return "unknown"
+    return head.stdout.decode().strip() + ("+" if dirty else "")
+
+
 def new_report(args: argparse.Namespace) -> dict:
     return {
         "machine": machine(),
@@ -100,6 +112,7 @@ def new_report(args: argparse.Namespace) -> dict:
         "tokens": TOKENS,
         "delay_ms": DELAY_MS,
         "loadavg_before": [round(x, 2) for x in os.getloadavg()],  # others share the machine
+        "commit": commit(),
         "sysctls": {
             key: Path("/proc/sys", key.replace(".", "/")).read_text().strip()
             for key in BACKLOG_SYSCTLS
