@@ -10,7 +10,35 @@ import time
 from render import column, fmt, median_of, spread
 
 CROWD = "## A crowd through the cache"
+CROWD_NOTES = """Where the gaps are:
+
+- **p99.** A reader alone on an answer gets each token a few ms after it is sent. In a
+  crowd, one request per URL reaches offloadd and the others wait on nginx's cache lock,
+  which looks for the first one's answer every 500 ms (hard-coded in nginx): the
+  collapsed readers get each piece up to half a second late, whatever offloadd does
+  (docs/deployment-cache.md, Limits). Nchan pushes each message down open EventSource
+  connections, with no such wait until its one worker is saturated.
+- **CPU.** The crowd costs offloadd about what one reader per answer does, since the
+  same one request per offset reaches it; the crowd's cost is nginx's (its CPU above),
+  which answers every reader's every request from its cache.
+""".splitlines()
 STREAMS = "## Application streams against the reference server"
+STREAMS_NOTES = """Where the gaps are (a py-spy profile of offloadd at 100 streams):
+
+- **Appends.** offloadd answers an append once it is on disk (`fdatasync`, about 130 µs
+  here for one small write, measured by a write + fdatasync loop on this disk), so it
+  survives `kill -9` and power loss; the reference server keeps streams in its process's
+  memory. Appends to one stream that arrive together share one lock, one write and one
+  sync (group commit), but one writer per stream leaves nothing to group: each append is
+  a worker-thread hop, the stream's lock file opened and flock'ed, its metadata read, the
+  data written and synced, and — with producer headers — the metadata replaced and synced
+  too. That is the server CPU per append above, several times the reference server's.
+- **Append → reader.** The same path stands between an append and its readers: they are
+  woken once it is synced, then read the new bytes from the file.
+- **Catch-up.** offloadd sends 1 MiB per request from the page cache; the reference
+  server copies every message since the offset into one buffer, the whole stream in one
+  answer.
+""".splitlines()
 
 
 def _load(runs: list[dict]) -> str:
@@ -124,7 +152,7 @@ def crowd_section(runs: list[dict], command: str) -> list[str]:
             *_crowd_rows(runs, "nchan_crowd", False),
             "",
         ]
-    return lines
+    return lines + CROWD_NOTES
 
 
 def streams_section(runs: list[dict], command: str) -> list[str]:
@@ -196,4 +224,4 @@ def streams_section(runs: list[dict], command: str) -> list[str]:
         f"byte read: {'yes' if complete else '**NO**'}.",
         "",
     ]
-    return lines
+    return lines + STREAMS_NOTES
