@@ -10,7 +10,8 @@ import time
 from render import column, fmt, median_of, spread
 
 CROWD = "## A crowd through the cache"
-CROWD_NOTES = """Where the gaps are:
+CROWD_NOTES = (
+    """Where the gaps are:
 
 - **p99.** A reader alone on an answer gets each token a few ms after it is sent. In a
   crowd, one request per URL reaches offloadd and the others wait on nginx's cache lock,
@@ -22,8 +23,11 @@ CROWD_NOTES = """Where the gaps are:
   same one request per offset reaches it; the crowd's cost is nginx's (its CPU above),
   which answers every reader's every request from its cache.
 """.splitlines()
+    + [""]
+)
 STREAMS = "## Application streams against the reference server"
-STREAMS_NOTES = """Where the gaps are (a py-spy profile of offloadd at 100 streams):
+STREAMS_NOTES = (
+    """Where the gaps are (a py-spy profile of offloadd at 100 streams):
 
 - **Appends.** offloadd answers an append once it is on disk (`fdatasync`, about 130 µs
   here for one small write, measured by a write + fdatasync loop on this disk), so it
@@ -39,6 +43,8 @@ STREAMS_NOTES = """Where the gaps are (a py-spy profile of offloadd at 100 strea
   server copies every message since the offset into one buffer, the whole stream in one
   answer.
 """.splitlines()
+    + [""]
+)
 
 
 def _load(runs: list[dict]) -> str:
@@ -64,7 +70,8 @@ def _crowd_rows(runs: list[dict], system: str, offloadd: bool) -> list[str]:
             row += (
                 f" {spread(col('server_cpu_s'))} | {spread(col('requests_made'))} "
                 f"| {spread(col('requests_reached_offloadd'))} "
-                f"| {spread(col('per_offset_mean'))} / {spread(col('per_offset_max'))} "
+                f"| {fmt(statistics.median(col('per_offset_mean')))} / "
+                f"{fmt(max(col('per_offset_max')))} "
                 f"| {spread(col('nginx_cpu_s'))} |"
             )
         rows.append(row)
@@ -131,7 +138,7 @@ def crowd_section(runs: list[dict], command: str) -> list[str]:
         "**offloadd behind the nginx cache**",
         "",
         head + "| µs offloadd CPU / event | offloadd CPU s | requests to nginx "
-        "| reached offloadd | per offset, mean / max | nginx CPU s |",
+        "| reached offloadd | per offset: mean (median run) / max (any run) | nginx CPU s |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
         *_crowd_rows(runs, "crowd", True),
         "",
@@ -152,7 +159,7 @@ def crowd_section(runs: list[dict], command: str) -> list[str]:
             *_crowd_rows(runs, "nchan_crowd", False),
             "",
         ]
-    return lines + CROWD_NOTES
+    return lines + ["![p99 and CPU per event of the crowds](chart-crowd.png)", ""] + CROWD_NOTES
 
 
 def streams_section(runs: list[dict], command: str) -> list[str]:

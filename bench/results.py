@@ -71,7 +71,6 @@ def only(scenario: str, runs: list[dict], old: str, command: str = "") -> str:
     new = "\n".join(render(runs, command))
     if scenario == "crowd":
         crowd_chart(runs, HERE / "chart-crowd.png")
-        new += "\n![p99 and CPU per event of the crowds](chart-crowd.png)\n"
     kept = section(old, heading)
     return old.replace(kept, new + "\n") if kept else old.rstrip("\n") + "\n\n" + new + "\n"
 
@@ -111,12 +110,13 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--from-json", action="store_true", help="render bench/out/run-*.json")
     parser.add_argument("--only", choices=list(SECTIONS), help="one scenario, its section")
+    parser.add_argument("--quick", action="store_true", help="run.py --quick: a smoke run")
     args = parser.parse_args()
     OUT.mkdir(exist_ok=True)
     prefix = f"{args.only}-run" if args.only else "run"
     paths = [OUT / f"{prefix}-{n + 1}.json" for n in range(args.runs)]
     if not args.from_json:
-        extra = ["--only", args.only] if args.only else []
+        extra = (["--only", args.only] if args.only else []) + (["--quick"] if args.quick else [])
         for path in paths:
             command = [sys.executable, str(HERE / "run.py"), *extra, "--json", str(path)]
             subprocess.run(command, check=True)
