@@ -173,8 +173,8 @@ def streams_section(runs: list[dict], command: str) -> list[str]:
 
     rows = [
         (
-            f"appends/s, {a['streams']} stream(s), {a['writers']} writers"
-            + (", idempotent producers" if a["producer"] else ""),
+            f"appends/s, {a['streams']} stream{'s' if a['streams'] > 1 else ''}, "
+            f"{a['writers']} writers" + (", idempotent producers" if a["producer"] else ""),
             lambda s, i=i: s["appends"][i]["appends_per_s"],
             True,
         )
