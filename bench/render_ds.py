@@ -13,15 +13,20 @@ CROWD = "## A crowd through the cache"
 CROWD_NOTES = (
     """Where the gaps are:
 
-- **p99.** A reader alone on an answer gets each token a few ms after it is sent. In a
-  crowd, one request per URL reaches offloadd and the others wait on nginx's cache lock,
-  which looks for the first one's answer every 500 ms (hard-coded in nginx): the
-  collapsed readers get each piece up to half a second late, whatever offloadd does
+- **p99 at 1,000.** A reader alone on an answer gets each token a few ms after it is
+  sent. In a crowd, one request per URL reaches offloadd and the others wait on nginx's
+  cache lock, which looks for the first one's answer every 500 ms (hard-coded in nginx):
+  the collapsed readers get each piece up to half a second late, whatever offloadd does
   (docs/deployment-cache.md, Limits). Nchan pushes each message down open EventSource
-  connections, with no such wait until its one worker is saturated.
-- **CPU.** The crowd costs offloadd about what one reader per answer does, since the
-  same one request per offset reaches it; the crowd's cost is nginx's (its CPU above),
-  which answers every reader's every request from its cache.
+  connections, with no such wait while its one worker keeps up.
+- **p99 at 10,000.** The two cores are saturated: the load generator's own CPU (above)
+  is most of a point's wall time, and Nchan's one worker spends ~7.5 µs on each of
+  2,000,000 deliveries. The cache answers the crowd with far fewer, larger answers
+  (requests to nginx above), so its readers fall behind less.
+- **CPU.** One request per offset reaches offloadd in every crowd (max 1 per offset in
+  every run), and a crowd's chains take fewer, longer steps than a lone reader's (see
+  "reached offloadd"), so a crowd costs offloadd less than one reader per answer; its
+  cost moves to nginx, which answers every reader's every request from its cache.
 """.splitlines()
     + [""]
 )

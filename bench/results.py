@@ -44,14 +44,24 @@ def crowd_chart(runs: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for system, style in (("crowd", "o-"), ("nchan_crowd", "s--")):
-        points = runs[0].get(system, [])
-        readers = [p["readers"] for p in points]
-        for axis, key in ((left, "p99_ms"), (right, "cpu_us_per_event")):
-            columns = [column(runs, system, i, key) for i in range(len(points))]
-            mids = [statistics.median(c) for c in columns]
-            name = "offloadd behind the nginx cache" if system == "crowd" else "nginx + Nchan"
-            axis.plot(readers, mids, style, label=name)
+
+    def median_line(system: str, value) -> tuple[list[int], list[float]]:
+        points = sorted(enumerate(runs[0].get(system, [])), key=lambda p: p[1]["readers"])
+        mids = [statistics.median(value(run[system][i]) for run in runs) for i, _ in points]
+        return [p["readers"] for _, p in points], mids
+
+    def per_event(key: str):
+        return lambda p: (p["server_cpu_s"] + p.get(key, 0)) / p["events"] * 1e6
+
+    lines = (
+        (left, "crowd", lambda p: p["p99_ms"], "o-", "offloadd behind the nginx cache"),
+        (left, "nchan_crowd", lambda p: p["p99_ms"], "s--", "nginx + Nchan"),
+        (right, "crowd", per_event(""), "o-", "offloadd"),
+        (right, "crowd", per_event("nginx_cpu_s"), "o:", "offloadd + the cache's nginx"),
+        (right, "nchan_crowd", per_event(""), "s--", "nginx + Nchan"),
+    )
+    for axis, system, value, style, name in lines:
+        axis.plot(*median_line(system, value), style, label=name)
     for axis, label in ((left, "p99 latency, ms"), (right, "server CPU per delivered event, µs")):
         axis.set_xscale("log")
         axis.set_yscale("log")
