@@ -1,4 +1,5 @@
-"""The load generator: many SSE readers in one process, lean on purpose.
+"""The load generator: many SSE readers in one process, lean on purpose; and Durable
+Streams long-poll readers, catch-up readers and appenders (on `exchange.py`).
 
 No JSON parsing per event: records are split on blank lines, the id and the
 mock's nanosecond stamp are found with byte searches. Every reader checks that
@@ -14,9 +15,12 @@ import re
 import time
 from dataclasses import dataclass, field
 
+from wire import SSEClient, drive, header
+
 CONNECTING = 200  # connection attempts in flight per load-generator process
 STAMP = re.compile(rb'"content":" ?(\d{19})"')
 SEQ = re.compile(rb'"i":(\d+)')
+MESSAGE = re.compile(rb'"i":(\d+),"t":(\d{19})')  # a JSON stream's stamped message
 
 
 @dataclass
@@ -31,6 +35,9 @@ class Result:
     last_receipt_ns: int = 0
     # connection attempt → response head, per reader: how long a new reader waits
     first_byte_ns: array.array = field(default_factory=lambda: array.array("q"))
+    requests: int = 0  # Durable Streams readers and appenders: requests made
+    body_bytes: int = 0
+    wall_s: float = 0.0  # appenders and catch-up readers: first request → last answer
 
 
 def cpu_seconds(pid: int | None = None) -> float:
@@ -96,81 +103,107 @@ class Reader:
                 result.first_stamp_ns = stamp
             result.last_receipt_ns = max(result.last_receipt_ns, now)
 
+    def messages(self, body: bytes, now: int) -> None:
+        """A JSON stream's answer (`[{"i":n,"t":stamp},…]`): in order, each timed."""
+        result = self.result
+        for m in MESSAGE.finditer(body):
+            seq, stamp = int(m[1]), int(m[2])
+            if seq != self.expect:
+                self.fail(f"expected message {self.expect}, got {seq}")
+            self.expect = seq + 1
+            result.events += 1
+            result.latencies_ns.append(now - stamp)
+            result.last_receipt_ns = max(result.last_receipt_ns, now)
+            if not result.first_stamp_ns or stamp < result.first_stamp_ns:
+                result.first_stamp_ns = stamp
+
     def fail(self, message: str) -> None:
         if len(self.result.errors) < 20:
             self.result.errors.append(message)
 
 
-class SSEClient(asyncio.Protocol):
-    """One reader on a raw connection: an HTTP/1.1 request, the response head, then the
-    body (de-chunked here) fed to its `Reader`. No HTTP client library between: the load
-    generator must cost less than what it measures."""
+class LongPoll:
+    """A Durable Streams reader as the protocol has it: long-poll from the start,
+    following `Stream-Next-Offset` and `Stream-Cursor` until `Stream-Closed`. An answer's
+    bodies are its transcript (SSE records, checked by id); a JSON stream's are messages."""
 
-    def __init__(self, reader: Reader, request: bytes, kind: str, expect: int, done, head_seen):
-        self.reader, self.request, self.kind, self.expect = reader, request, kind, expect
-        self.done, self.head_seen = done, head_seen
-        self.head = b""
-        self.in_body = False
-        self.chunked = False
-        self.buf = b""
-        self.need = 0  # > 0: payload bytes left in this chunk; < 0: CRLF bytes to skip
-        self.transport: asyncio.Transport | None = None
+    def __init__(self, url: str, reader: Reader, head_seen, live=b"long-poll", catch_up=False):
+        host_port, _, path = url.split("://", 1)[1].partition("/")
+        self.request = f"GET /{path}?".encode(), f" HTTP/1.1\r\nHost: {host_port}\r\n\r\n".encode()
+        self.reader, self.head_seen, self.live = reader, head_seen, live
+        self.offset, self.cursor = b"-1", b""
+        self.finished = self.up_to_date = False
+        self.catching_up = catch_up  # first plain reads to the tail (so an empty stream answers)
 
-    def connection_made(self, transport) -> None:
-        self.transport = transport
-        self.reader.connected_ns = time.time_ns()
-        transport.write(self.request)
+    def next_request(self) -> bytes | None:
+        if self.finished:
+            return None
+        query = b"offset=" + self.offset
+        if self.live and not self.catching_up:
+            query += b"&live=" + self.live + (b"&cursor=" + self.cursor if self.cursor else b"")
+        return self.request[0] + query + self.request[1]
 
-    def data_received(self, data: bytes) -> None:
-        now = time.time_ns()
-        if not self.in_body:
-            self.head += data
-            if b"\r\n\r\n" not in self.head:
-                return
-            head, data = self.head.split(b"\r\n\r\n", 1)
-            self.in_body = True
-            if not head.startswith(b"HTTP/1.1 200"):
-                self.reader.fail(f"HTTP {head[:40]!r}")
-                self.transport.close()
-                return
-            self.chunked = b"transfer-encoding: chunked" in head.lower()
-            self.reader.result.first_byte_ns.append(now - self.reader.started_ns)
-            self.head_seen()
-        if not self.chunked:
-            self._payload(data, now)
+    def answer(self, status: int, head: bytes, body: bytes, now: int) -> None:
+        result = self.reader.result
+        result.requests += 1
+        result.body_bytes += len(body)
+        if self.head_seen:
+            result.first_byte_ns.append(now - self.reader.started_ns)
+            self.head_seen, seen = None, self.head_seen
+            seen()
+        if status not in (200, 204):
+            self.fail(f"HTTP {status} {body[:60]!r}")
             return
-        self.buf += data
-        buf = self.buf
-        while buf:
-            if self.need > 0:
-                piece, buf = buf[: self.need], buf[self.need :]
-                self.need -= len(piece)
-                if self.need == 0:
-                    self.need = -2
-                self._payload(piece, now)
-            elif self.need < 0:
-                skip = min(-self.need, len(buf))
-                buf, self.need = buf[skip:], self.need + skip
-            else:
-                line_end = buf.find(b"\r\n")
-                if line_end < 0:
-                    break
-                size = int(buf[:line_end].split(b";")[0], 16)
-                buf = buf[line_end + 2 :]
-                if size == 0:
-                    self.transport.close()
-                    break
-                self.need = size
-        self.buf = buf
+        self.offset = header(head, b"stream-next-offset") or self.offset
+        self.cursor = header(head, b"stream-cursor") or self.cursor
+        if body:
+            if self.reader.kind == "json":
+                self.reader.messages(body, now)
+            elif self.reader.kind == "ids":
+                self.reader.feed(body, now)
+        self.up_to_date = header(head, b"stream-up-to-date") == b"true"
+        self.catching_up = self.catching_up and not self.up_to_date
+        if header(head, b"stream-closed") == b"true" or (not self.live and self.up_to_date):
+            self.finished = True
 
-    def _payload(self, data: bytes, now: int) -> None:
-        self.reader.feed(data, now)
-        if self.kind == "seq" and self.reader.expect >= self.expect:
-            self.transport.close()
+    def fail(self, message: str) -> None:
+        self.reader.fail(message)
+        self.finished = True
 
-    def connection_lost(self, exc) -> None:
-        if not self.done.done():
-            self.done.set_result(None)
+
+class Appender:
+    """A writer appending small JSON messages to one stream, each as soon as the last was
+    answered, until `deadline` (monotonic); with a producer id, as an idempotent producer
+    (epoch 0, its sequence from 0)."""
+
+    def __init__(self, url: str, result: Result, deadline: float, producer: str | None):
+        host_port, _, path = url.split("://", 1)[1].partition("/")
+        head = f"POST /{path} HTTP/1.1\r\nHost: {host_port}\r\nContent-Type: application/json\r\n"
+        if producer:
+            head += f"Producer-Id: {producer}\r\nProducer-Epoch: 0\r\n"
+        self.head, self.producer = head.encode(), producer
+        self.result, self.deadline, self.seq, self.finished = result, deadline, 0, False
+
+    def next_request(self) -> bytes | None:
+        if self.finished or time.monotonic() >= self.deadline:
+            self.finished = True
+            return None
+        body = b'{"n":%d,"text":"a small message"}' % self.seq
+        seq = b"Producer-Seq: %d\r\n" % self.seq if self.producer else b""
+        return self.head + seq + b"Content-Length: %d\r\n\r\n" % len(body) + body
+
+    def answer(self, status: int, head: bytes, body: bytes, now: int) -> None:
+        self.result.requests += 1
+        if status in (200, 204):
+            self.result.events += 1
+            self.seq += 1
+        else:
+            self.fail(f"HTTP {status} {body[:80]!r}")
+
+    def fail(self, message: str) -> None:
+        if len(self.result.errors) < 20:
+            self.result.errors.append(message)
+        self.finished = True
 
 
 async def read_stream(
@@ -224,6 +257,54 @@ async def read_stream(
         reader.fail(f"got {reader.expect} of {expect_events} messages")
 
 
+def _host_port(url: str) -> tuple[str, int]:
+    host, port = url.split("://", 1)[1].split("/", 1)[0].split(":")
+    return host, int(port)
+
+
+async def read_durable(url: str, kind: str, result: Result, expect: int, head_seen) -> None:
+    """One long-poll reader, all of it: a model answer's (`longpoll`: its transcript to
+    `[DONE]`) or a JSON stream's (`json`: `expect` messages, numbered from 0)."""
+    reader = Reader("ids" if kind == "longpoll" else kind, result)
+    reader.started_ns = reader.connected_ns = time.time_ns()  # its arrival: later is live
+    await drive(LongPoll(url, reader, head_seen, catch_up=kind == "json"), *_host_port(url))
+    if kind == "longpoll" and not reader.done:
+        reader.fail("stream ended without [DONE]")
+    if kind == "json" and reader.expect != expect:
+        reader.fail(f"got {reader.expect} of {expect} messages")
+
+
+async def run_appenders(urls: list[str], seconds: float, producer: bool) -> Result:
+    """One appender per URL (several may share a stream), for `seconds`."""
+    result = Result(readers=len(urls))
+    deadline, t0, cpu0 = time.monotonic() + seconds, time.monotonic(), cpu_seconds()
+    ids = [f"w{i}" if producer else None for i in range(len(urls))]
+    owners = [Appender(u, result, deadline, p) for u, p in zip(urls, ids, strict=True)]
+    await asyncio.gather(*(drive(o, *_host_port(u)) for o, u in zip(owners, urls, strict=True)))
+    result.wall_s, result.cpu_seconds = time.monotonic() - t0, cpu_seconds() - cpu0
+    return result
+
+
+async def catch_up(url: str) -> Result:
+    """Catch-up reads of a stream from its start to its tail (`Stream-Up-To-Date`)."""
+    result = Result(readers=1)
+    reader = Reader("bytes", result)
+    t0 = time.monotonic()
+    await drive(LongPoll(url, reader, None, live=b""), *_host_port(url))
+    result.wall_s = time.monotonic() - t0
+    return result
+
+
+def job(make, conn) -> None:
+    """Entry point of a load-generator process that runs one coroutine (`make()`)."""
+    try:
+        from uvloop import run
+    except ImportError:
+        run = asyncio.run
+    conn.send(("result", run(make())))
+    conn.close()
+
+
 async def run_readers(
     targets: list[tuple[str, str, bytes | None]], kind: str, expect_events: int, ready, flash
 ) -> Result:
@@ -242,7 +323,9 @@ async def run_readers(
     cpu0 = cpu_seconds()
     tasks = [
         asyncio.create_task(
-            read_stream(method, url, kind, result, body, expect_events, head_seen, connecting)
+            read_durable(url, kind, result, expect_events, head_seen)
+            if kind in ("longpoll", "json")
+            else read_stream(method, url, kind, result, body, expect_events, head_seen, connecting)
         )
         for method, url, body in targets
     ]

@@ -15,6 +15,7 @@ import json
 import os
 import platform
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -24,12 +25,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "bench"), str(ROOT / "tests")]  # tests/realworld: one launcher
 from measure import DELAY_MS, TOKENS, raise_fd_limit  # noqa: E402
 from render import markdown  # noqa: E402
-from scenarios import creates, fanout, nchan, sustained  # noqa: E402
+from scenarios import creates, crowd, fanout, nchan, streams, sustained  # noqa: E402
 
 from realworld import Daemon  # noqa: E402
 
 POINTS = [(10, 1), (10, 10), (40, 25), (100, 100)]  # streams × readers per stream
 FLASH_POINTS = [(40, 1000), (100, 10000)]  # streams, readers in all
+CROWD_POINTS = FLASH_POINTS  # long-poll readers through the nginx cache (issue 24.4)
+ONLY = ["delivery", "creates", "crowd", "streams"]
 BACKLOG_SYSCTLS = {"net.core.somaxconn": "65535", "net.ipv4.tcp_max_syn_backlog": "65535"}
 # On the repository's disk, like a deployment's ./data: this machine's /tmp makes a
 # file ten times slower (0.9 ms vs 0.09 ms of CPU each, measured), which no user has
@@ -43,8 +46,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-nchan", action="store_true")
     parser.add_argument("--points", help="streams x readers to run, e.g. 100x100,40x25")
     parser.add_argument("--flash", help="flash crowds, streams x readers in all, e.g. 40x1000")
+    parser.add_argument("--crowd", help="crowds through the cache, streams x readers in all")
     parser.add_argument(
-        "--only", choices=["delivery", "creates"], help="delivery: no creates, stop, static"
+        "--only", choices=ONLY, help="delivery: no creates, stop, static; or one scenario"
     )
     parser.add_argument("--json", type=Path, help="also write the raw figures here")
     parser.add_argument(
@@ -55,6 +59,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.points = parse_points(args.points) if args.points else POINTS[: 2 if args.quick else 4]
     quick_flashes = [] if args.quick else FLASH_POINTS
     args.flash = parse_points(args.flash) if args.flash is not None else quick_flashes
+    quick_crowds = [(4, 40)] if args.quick else CROWD_POINTS
+    args.crowd = parse_points(args.crowd) if args.crowd is not None else quick_crowds
     # a smoke run's creates: two low rates for a second each, five stops
     args.rates, args.seconds = ((50, 100), 1) if args.quick else (creates.CREATE_RATES, 4)
     if args.bursts is not None:  # '' for none
@@ -100,12 +106,25 @@ def machine() -> str:
     return f"{os.cpu_count()} cores ({cpu}), {mem:.0f} GiB, Python {platform.python_version()}"
 
 
+def commit() -> str:
+    """The commit measured (with `+` when the work tree has changes)."""
+    git = ["git", "-C", str(ROOT)]
+    try:
+        head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True)
+        dirty = subprocess.run([*git, "diff", "--quiet", "HEAD", "--", "offloadd"]).returncode
+    except OSError:
+        return "unknown"
+    return head.stdout.decode().strip() + ("+" if dirty else "")
+
+
 def new_report(args: argparse.Namespace) -> dict:
     return {
         "machine": machine(),
         "workers": args.workers,
         "tokens": TOKENS,
         "delay_ms": DELAY_MS,
+        "loadavg_before": [round(x, 2) for x in os.getloadavg()],  # others share the machine
+        "commit": commit(),
         "sysctls": {
             key: Path("/proc/sys", key.replace(".", "/")).read_text().strip()
             for key in BACKLOG_SYSCTLS
@@ -187,6 +206,23 @@ def measure_nchan(report: dict, args, server: Daemon, data: Path) -> None:
         nginx.stop()
 
 
+def measure_crowd(report: dict, args, mock: Daemon, data: Path) -> None:
+    """Long-poll crowds through the shipped nginx cache; nginx + Nchan's at the same points."""
+    record(report, "crowd", crowd.run(mock.url, data / "crowd", args.crowd))
+    if args.no_nchan or not nchan.MODULE.exists():
+        return
+    nginx = nchan.Nginx(data)
+    try:
+        record(report, "nchan_crowd", [nchan.flash(nginx, s, r) for s, r in args.crowd])
+    finally:
+        nginx.stop()
+
+
+def measure_streams(report: dict, args, server: Daemon) -> None:
+    """Application streams, offloadd against the reference server."""
+    record(report, "streams", streams.run(server, args.quick))
+
+
 def run(args: argparse.Namespace) -> dict:
     """One run's figures: servers started, every scenario asked for, servers stopped."""
     report = new_report(args)
@@ -196,15 +232,20 @@ def run(args: argparse.Namespace) -> dict:
     try:
         mock, server = start_servers(data, args.workers)
         try:
-            if args.only == "creates":
-                measure_creates(report, args, server, mock)
-            else:
-                measure_offloadd(report, args, server, mock)
-                measure_nchan(report, args, server, data)
+            if args.only in (None, "delivery", "creates"):
+                if args.only == "creates":
+                    measure_creates(report, args, server, mock)
+                else:
+                    measure_offloadd(report, args, server, mock)
+                    measure_nchan(report, args, server, data)
+            if args.only in (None, "crowd"):
+                measure_crowd(report, args, mock, data)
+            if args.only in (None, "streams"):
+                measure_streams(report, args, server)
         finally:
             server.stop(30)
             mock.stop(30)
-        if args.only != "delivery":
+        if args.only in (None, "creates"):
             measure_sustained(report, args)
     finally:
         shutil.rmtree(data, ignore_errors=True)

@@ -57,15 +57,19 @@ http {{
 
 
 class Nginx:
-    """nginx + Nchan on a free loopback port, serving `data` under /static/ too."""
+    """nginx + Nchan on a free loopback port, serving `data` under /static/ too; or, given
+    `render(tmp, port)`, nginx with the configuration that returns."""
 
-    def __init__(self, data: Path):
+    def __init__(self, data: Path, render=None):
         self.tmp = Path(tempfile.mkdtemp(prefix="bench-nginx-"))
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
         conf = self.tmp / "nginx.conf"
         user = "user root;\n" if os.geteuid() == 0 else ""
-        conf.write_text(user + CONF.format(module=MODULE, tmp=self.tmp, port=port, data=data))
+        text = render(self.tmp, port) if render else None
+        conf.write_text(
+            user + (text or CONF.format(module=MODULE, tmp=self.tmp, port=port, data=data))
+        )
         binary = shutil.which("nginx") or "/usr/sbin/nginx"
         self.proc = subprocess.Popen(
             [binary, "-c", str(conf), "-p", str(self.tmp), "-g", "daemon off;"],
