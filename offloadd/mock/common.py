@@ -176,3 +176,17 @@ async def streamed(entry: Seen, stream: Awaitable[web.StreamResponse]) -> web.St
         if isinstance(e, asyncio.CancelledError):
             raise
         return web.Response()
+
+
+async def send_named(response: web.StreamResponse, entry: Seen, event: dict) -> None:
+    """One typed event, named by its `type` as the Responses and Messages APIs send them."""
+    name = str(event["type"]).encode()
+    await response.write(b"event: " + name + b"\ndata: " + orjson.dumps(event) + b"\n\n")
+    entry.chunks_sent += 1
+
+
+async def ended(response: web.StreamResponse, entry: Seen) -> web.StreamResponse:
+    """The stream's end, all of it sent."""
+    entry.finished = True
+    await response.write_eof()
+    return response

@@ -26,7 +26,16 @@ import uuid
 import orjson
 from aiohttp import web
 
-from offloadd.mock.common import Behaviour, Seen, dumps, intake, next_chunk, streamed
+from offloadd.mock.common import (
+    Behaviour,
+    Seen,
+    dumps,
+    ended,
+    intake,
+    next_chunk,
+    send_named,
+    streamed,
+)
 
 ERRORS = {
     400: ("invalid_request_error", "Invalid request."),
@@ -211,9 +220,5 @@ async def _stream(
             return response
         if isinstance(event, str):
             event = _text_delta(text_index, str(time.time_ns()) if behaviour.stamp else event)
-        name = event["type"].encode()
-        await response.write(b"event: " + name + b"\ndata: " + orjson.dumps(event) + b"\n\n")
-        entry.chunks_sent += 1
-    entry.finished = True
-    await response.write_eof()
-    return response
+        await send_named(response, entry, event)
+    return await ended(response, entry)

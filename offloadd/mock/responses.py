@@ -8,10 +8,18 @@ import asyncio
 import time
 import uuid
 
-import orjson
 from aiohttp import web
 
-from offloadd.mock.common import Behaviour, Seen, dumps, intake, next_chunk, streamed
+from offloadd.mock.common import (
+    Behaviour,
+    Seen,
+    dumps,
+    ended,
+    intake,
+    next_chunk,
+    send_named,
+    streamed,
+)
 
 
 def _words(body: dict, behaviour: Behaviour) -> list[str]:
@@ -123,9 +131,5 @@ async def _stream(
                 "logprobs": [],
             }
         event = {**event, "sequence_number": seq}
-        name = event["type"].encode()
-        await response.write(b"event: " + name + b"\ndata: " + orjson.dumps(event) + b"\n\n")
-        entry.chunks_sent += 1
-    entry.finished = True
-    await response.write_eof()
-    return response
+        await send_named(response, entry, event)
+    return await ended(response, entry)
