@@ -126,7 +126,7 @@ class TestServeModes:
                 assert len(owners) == 2, f"answered by {owners}"
                 return True
 
-            await eventually(both_answered)
+            await eventually(both_answered, timeout=30)  # which worker accepts is the kernel's pick
             urls = await _create(http, daemon.url, {**LONG, "model": "mock?tokens=50"})
             async with http.get(urls["stream_events_url"]) as resp:
                 assert (await resp.read()).endswith(b"data: [DONE]\n\n")
