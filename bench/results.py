@@ -62,13 +62,7 @@ def crowd_chart(runs: list[dict], path: Path) -> None:
     )
     for axis, system, value, style, name in lines:
         axis.plot(*median_line(system, value), style, label=name)
-    for axis, label in ((left, "p99 latency, ms"), (right, "server CPU per delivered event, µs")):
-        axis.set_xscale("log")
-        axis.set_yscale("log")
-        axis.set_xlabel("readers (one per answer, then the crowds)")
-        axis.set_ylabel(label)
-        axis.grid(True, which="both", alpha=0.3)
-        axis.legend()
+    _style(left, right, "readers (one per answer, then the crowds)")
     fig.suptitle("Long-poll crowds through the cache vs Nchan, medians")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -103,16 +97,21 @@ def chart(runs: list[dict], path: Path) -> None:
                 [max(c) - m for m, c in zip(mids, columns, strict=True)],
             ]
             axis.errorbar(readers, mids, yerr=errors, fmt=style, capsize=3, label=system)
-    for axis, label in ((left, "p99 latency, ms"), (right, "server CPU per delivered event, µs")):
-        axis.set_xscale("log")
-        axis.set_yscale("log")
-        axis.set_xlabel("readers (10×1, 10×10, 40×25, 100×100)")
-        axis.set_ylabel(label)
-        axis.grid(True, which="both", alpha=0.3)
-        axis.legend()
+    _style(left, right, "readers (10×1, 10×10, 40×25, 100×100)")
     fig.suptitle("offloadd vs nginx + Nchan, median of 3 runs (bars: min–max)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+
+
+def _style(left, right, xlabel: str) -> None:
+    """Both charts' axes: p99 and CPU per event against readers, log-log, with legends."""
+    for axis, label in ((left, "p99 latency, ms"), (right, "server CPU per delivered event, µs")):
+        axis.set_xscale("log")
+        axis.set_yscale("log")
+        axis.set_xlabel(xlabel)
+        axis.set_ylabel(label)
+        axis.grid(True, which="both", alpha=0.3)
+        axis.legend()
 
 
 def main() -> None:
