@@ -8,7 +8,6 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Coroutine
 
-import aiohttp
 from aiohttp import web
 
 from offloadd.config import Config
@@ -44,6 +43,7 @@ from offloadd.storage.registry import Registry
 from offloadd.storage.store import Store
 from offloadd.storage.streams import StreamFiles
 from offloadd.upstream.call import Upstream
+from offloadd.upstream.http1 import Client
 
 log = logging.getLogger("offloadd.web")
 
@@ -107,15 +107,12 @@ async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
         url = f"http://127.0.0.1:{port}/v1" if config.uses_mock else url
         anthropic_url = f"http://127.0.0.1:{port}" if config.anthropic_mock else anthropic_url
     app[UPSTREAM_URL] = url
-    connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
+    client = Client()
 
     def secret() -> bytes:  # made on first use, so a server without webhooks writes none
         return (config.webhook_secret or "").encode() or load_or_create_secret(config.data)
 
-    async with (
-        aiohttp.ClientSession(connector=connector, auto_decompress=False) as session,
-        Webhooks.client_session(config.allow_private_webhooks) as hook_session,
-    ):
+    async with Webhooks.client_session(config.allow_private_webhooks) as hook_session:
         webhooks = Webhooks(
             hook_session,
             secret,
@@ -126,7 +123,7 @@ async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
         runner = app[RUNNER] = Runner(
             app[STORE],
             Upstream(
-                session,
+                client,
                 url,
                 config.upstream_retries,
                 config.upstream_retry_max_wait,
@@ -149,6 +146,7 @@ async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
             Idempotency(config.data, secret),
         )
         yield
+    client.close()
     if mock_runner:
         await mock_runner.cleanup()
 

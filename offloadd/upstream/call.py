@@ -13,12 +13,12 @@ import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-import aiohttp
 import orjson
 
 from offloadd.config import ANTHROPIC_URL
 from offloadd.protocol.sse import DONE, SSEParser
 from offloadd.protocol.wire import Dialect
+from offloadd.upstream.http1 import Client, ConnectTimeout, HTTPError, Response
 
 KEPT_HEADERS = (
     "x-request-id",
@@ -88,22 +88,23 @@ class Call:
 class Reply:
     """An open 200 streaming answer."""
 
-    response: aiohttp.ClientResponse
+    response: Response
     headers: dict
 
 
 class Upstream:
-    """Talks to one OpenAI-compatible base URL through one shared client session."""
+    """Talks to one OpenAI-compatible base URL (and Anthropic's) through one pool of
+    keep-alive connections (`http1.Client`)."""
 
     def __init__(
         self,
-        session: aiohttp.ClientSession,
+        client: Client,
         base_url: str,
         retries: int,
         max_wait: float,
         anthropic_url: str = ANTHROPIC_URL,
     ):
-        self.session = session
+        self.client = client
         self.base_url = base_url.rstrip("/")
         self.anthropic_url = anthropic_url.rstrip("/")
         self.retries, self.max_wait = retries, max_wait
@@ -138,28 +139,25 @@ class Upstream:
 
     async def _open_once(self, call: Call) -> Reply:
         url, headers = self._target(call)
-        timeout = aiohttp.ClientTimeout(
-            total=None, connect=call.connect_timeout, sock_connect=call.connect_timeout
-        )
+        headers["Content-Type"] = "application/json"
         try:
-            resp = await self.session.post(
-                url,
-                data=orjson.dumps(call.parameters),
-                headers={**headers, "Content-Type": "application/json"},
-                timeout=timeout,
+            resp = await self.client.post(
+                url, orjson.dumps(call.parameters), headers, call.connect_timeout
             )
-        except (aiohttp.ConnectionTimeoutError, aiohttp.ServerTimeoutError, TimeoutError):
+        except ConnectTimeout:
             raise UpstreamError(
                 "upstream_connect_timeout",
                 f"could not connect to the upstream within {call.connect_timeout:g} s",
                 retryable=True,
             ) from None
-        except aiohttp.ClientError as e:
+        except HTTPError as e:
             raise UpstreamError(
                 "upstream_unreachable",
                 call.scrub(f"cannot reach the upstream: {e}"),
                 retryable=True,
             ) from None
+        except ValueError as e:  # a header of the caller's HTTP cannot carry
+            raise UpstreamError("upstream_bad_request", call.scrub(str(e))) from None
         if resp.status != 200:
             raise await _http_error(resp, call)
         return Reply(resp, kept_headers(resp.headers, call))
@@ -169,7 +167,7 @@ class Upstream:
         parser = SSEParser()
         ended = False  # at `[DONE]` or a terminal event, not stopped or broken
         try:
-            async for piece in reply.response.content.iter_any():
+            while piece := await reply.response.read_any():
                 for event in parser.feed(piece):
                     if event.data == DONE:
                         ended = True
@@ -186,7 +184,7 @@ class Upstream:
                         if call.dialect.is_terminal(chunk):
                             ended = True
                             return
-        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as e:
+        except HTTPError as e:
             message = call.scrub(f"the upstream connection broke: {e}")
             raise UpstreamError("upstream_disconnected", message) from None
         finally:
@@ -200,19 +198,19 @@ class Upstream:
         )
 
 
-async def _keep_connection(resp: aiohttp.ClientResponse) -> None:
+async def _keep_connection(resp: Response) -> None:
     """After the last event the body's end is a few bytes away: read them, so the
     connection goes back to the pool instead of a new one (and its TLS handshake) for the
     next request. An upstream that goes on, or stalls, is closed."""
     try:
         async with asyncio.timeout(KEEP_WAIT):
             rest = 0
-            while piece := await resp.content.readany():
+            while piece := await resp.read_any():
                 rest += len(piece)
                 if rest > KEEP_MAX:
                     raise TimeoutError
         resp.release()
-    except (TimeoutError, aiohttp.ClientError):
+    except (TimeoutError, HTTPError):
         resp.close()
 
 
@@ -231,10 +229,10 @@ def _chunk(data: bytes, call: Call) -> dict:
     return chunk
 
 
-async def _http_error(resp: aiohttp.ClientResponse, call: Call) -> UpstreamError:
+async def _http_error(resp: Response, call: Call) -> UpstreamError:
     try:
-        raw = await resp.content.read(64 * 1024)
-    except aiohttp.ClientError:
+        raw = await resp.read(64 * 1024)
+    except HTTPError:
         raw = b""
     finally:
         resp.close()
@@ -244,7 +242,7 @@ async def _http_error(resp: aiohttp.ClientResponse, call: Call) -> UpstreamError
         body = {"error": {"message": raw[:500].decode("utf-8", "replace")}}
     error = _error_from_body(body if isinstance(body, dict) else {}, resp.status, call)
     error.retryable = resp.status in RETRYABLE
-    error.retry_after = _retry_after(resp.headers.get("Retry-After"))
+    error.retry_after = _retry_after(resp.header("Retry-After"))
     return error
 
 
@@ -277,11 +275,11 @@ def _retry_after(value: str | None) -> float | None:
         return None
 
 
-def kept_headers(headers, call: Call) -> dict:
+def kept_headers(headers: list[tuple[str, str]], call: Call) -> dict:
     """Only harmless upstream headers reach the status document: ids, timings, rate limits
     (and never the key, should the upstream echo it in one of them)."""
     return {
         k.lower(): call.scrub(v)[:200]
-        for k, v in headers.items()
+        for k, v in headers
         if k.lower() in KEPT_HEADERS or k.lower().startswith(KEPT_PREFIXES)
     }
