@@ -59,7 +59,10 @@ class Housekeeping:
                 for loc in ended:
                     self.poke(self.store.txt_path(loc))
                 last_sweep = now
-            await asyncio.sleep(self.config.stop_poll_seconds)
+            # stop markers matter only for requests running here; idle, the loop wakes
+            # only for what is due (a stop for a request started meanwhile waits ≤ 1 beat)
+            idle = self.config.heartbeat_seconds if not self.running() else 0
+            await asyncio.sleep(max(self.config.stop_poll_seconds, idle))
 
     def _sweep(self) -> list[Location]:
         """(In a worker thread.) What the disk refused before, then every request whose

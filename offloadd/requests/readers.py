@@ -247,31 +247,32 @@ class Hub:
         self._wake: asyncio.Future | None = None
 
     def poke(self, path: Path) -> None:
-        """A writer in this process appended to `path`: poll it now rather than at the next tick."""
+        """A writer in this process appended to `path`: poll it at the end of this loop
+        turn rather than at the next tick (pokes of one turn share one pass, no task)."""
         if path in self.tails:
+            if not self._dirty:
+                asyncio.get_running_loop().call_soon(self._poll_dirty)
             self._dirty.add(path)
-            if self._wake is not None and not self._wake.done():
-                self._wake.set_result(None)
+
+    def _poll_dirty(self) -> None:
+        dirty, self._dirty = self._dirty, set()
+        for path in dirty:
+            if (tail := self.tails.get(path)) is not None:
+                tail.poll()
 
     async def run(self) -> None:
-        """Poll: the poked files at once; every followed file at least each interval (pokes
-        come only from writers in this process, never for files other daemons write), when
-        idle ones also get their keep-alive."""
+        """Poll every followed file each interval (pokes come only from writers in this
+        process, never for files other daemons write); idle ones also get their keep-alive.
+        With nothing followed, no tick until a reader comes."""
         loop = asyncio.get_running_loop()
-        next_full = loop.time() + self.interval
         while True:
-            self._wake = loop.create_future()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(max(0.0, next_full - loop.time())):
-                    await self._wake
-            full = loop.time() >= next_full
-            paths = list(self.tails) if full else [p for p in self._dirty if p in self.tails]
-            self._dirty.clear()
-            for path in paths:
-                self.tails[path].poll()
-            if full:
-                self._keepalive(loop.time())
-                next_full = loop.time() + self.interval
+            if not self.tails:
+                self._wake = loop.create_future()
+                await self._wake
+            await asyncio.sleep(self.interval)
+            for tail in list(self.tails.values()):
+                tail.poll()
+            self._keepalive(loop.time())
 
     def _keepalive(self, now: float) -> None:
         """Idle tails: a keep-alive to their readers, and (once per tail, however many
@@ -298,6 +299,8 @@ class Hub:
         tail = self.tails.get(path)
         if tail is None:
             tail = self.tails[path] = Tail(path, self.metrics)
+            if self._wake is not None and not self._wake.done():
+                self._wake.set_result(None)  # the poll loop may be asleep with nothing to do
         tail.readers += 1
         try:
             yield tail

@@ -43,12 +43,14 @@ class Watch:
     def __init__(self, interval: float):
         self.interval = interval
         self.watched: dict[str, _Watched] = {}
+        self._someone = asyncio.Event()  # set while any stream is watched: the loop ticks
 
     @contextlib.contextmanager
     def watching(self, stream: Stream) -> Iterator[_Waiter]:
         watched = self.watched.get(stream.path)
         if watched is None:
             watched = self.watched[stream.path] = _Watched(stream)
+            self._someone.set()
         watched.readers += 1
         try:
             yield _Waiter(watched)
@@ -56,6 +58,8 @@ class Watch:
             watched.readers -= 1
             if watched.readers == 0 and self.watched.get(stream.path) is watched:
                 del self.watched[stream.path]
+                if not self.watched:
+                    self._someone.clear()
 
     @property
     def waiters(self) -> int:
@@ -70,6 +74,7 @@ class Watch:
     async def run(self) -> None:
         """Look at every watched stream each interval; wake the waiters of those changed."""
         while True:
+            await self._someone.wait()  # no tick while nothing is watched
             await asyncio.sleep(self.interval)
             watched = list(self.watched.values())
             if not watched:
