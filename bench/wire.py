@@ -202,3 +202,76 @@ async def drive(owner, host: str, port: int) -> None:
             owner.fail(f"{type(e).__name__}: {e}")
             return
         await done
+
+
+class Poster:
+    """Open-loop POSTs of one prepared request on kept-alive raw connections (the creates'
+    load generator): an idle connection is reused, another opened when none is free.
+    aiohttp's client cost the generator ~0.5 ms of CPU a request, a quarter of a core at
+    500/s taken from the servers it measures."""
+
+    def __init__(self, url: str, path: str, body: bytes):
+        host, port = url.split("//", 1)[1].split(":")
+        self.host, self.port = host, int(port)
+        self.request = (
+            f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        ).encode() + body
+        self.idle: list[_Post] = []
+
+    async def post(self) -> int:
+        """One request; its status (0 when the connection failed)."""
+        if self.idle:
+            conn = self.idle.pop()
+        else:
+            loop = asyncio.get_running_loop()
+            try:
+                _, conn = await loop.create_connection(_Post, self.host, self.port)
+            except OSError:
+                return 0
+        try:
+            status = await conn.ask(self.request)
+        except ConnectionError:
+            return 0
+        if not conn.closed:
+            self.idle.append(conn)
+        return status
+
+    def close(self) -> None:
+        for conn in self.idle:
+            conn.transport.close()
+
+
+class _Post(asyncio.Protocol):
+    """One kept-alive connection: a request, then its answer's head and Content-Length body."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.waiter: asyncio.Future | None = None
+        self.buf, self.need, self.status, self.closed = b"", -1, 0, False
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def ask(self, request: bytes) -> asyncio.Future:
+        self.waiter = asyncio.get_running_loop().create_future()
+        self.buf, self.need = b"", -1
+        self.transport.write(request)
+        return self.waiter
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        if self.need < 0:
+            end = self.buf.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            head = self.buf[: end + 2].lower()
+            self.status, self.need = int(head[9:12]), int(header(head, b"content-length") or 0)
+            self.buf = self.buf[end + 4 :]
+        if len(self.buf) >= self.need and self.waiter and not self.waiter.done():
+            self.waiter.set_result(self.status)
+
+    def connection_lost(self, exc) -> None:
+        self.closed = True
+        if self.waiter and not self.waiter.done():
+            self.waiter.set_exception(ConnectionError("closed"))

@@ -7,9 +7,11 @@ import asyncio
 import time
 
 import aiohttp
+import orjson
 from measure import cpu_of, pct
+from wire import Poster
 
-from scenarios.sustained import lag_between, loop_lag
+from scenarios.sustained import BODY, lag_between, loop_lag
 
 CREATE_RATES = (100, 250, 500, 750, 1000)
 
@@ -30,22 +32,16 @@ def create_rates(server, rates=CREATE_RATES, seconds: float = 4) -> list[dict]:
 
 
 async def create_rate(base: str, rate: int, seconds: float) -> dict:
-    body = {"messages": [{"role": "user", "content": "x"}], "model": "mock?tokens=1"}
     latencies: list[float] = []
     errors = 0
-    connector = aiohttp.TCPConnector(limit=0)
-    async with aiohttp.ClientSession(connector=connector) as s:
+    poster = Poster(base, "/v1/stream-chatgpt", orjson.dumps(BODY))
+    async with aiohttp.ClientSession() as s:
         lag0 = await loop_lag(s, base)
 
         async def one() -> None:
             nonlocal errors
             t = time.perf_counter()
-            try:
-                async with s.post(f"{base}/v1/stream-chatgpt", json=body) as resp:
-                    await resp.read()
-                    if resp.status != 200:
-                        errors += 1
-            except aiohttp.ClientError:  # counted, and the run goes on
+            if await poster.post() != 200:
                 errors += 1
             latencies.append((time.perf_counter() - t) * 1000)
 
@@ -59,6 +55,7 @@ async def create_rate(base: str, rate: int, seconds: float) -> dict:
         await asyncio.gather(*tasks)
         elapsed = time.perf_counter() - start
         lag = lag_between(lag0, await loop_lag(s, base))
+    poster.close()
     return {
         "rate": rate,
         "achieved": round(len(latencies) / elapsed, 1),

@@ -18,7 +18,9 @@ import uuid
 from pathlib import Path
 
 import aiohttp
+import orjson
 from measure import cpu_of, pct
+from wire import Poster
 
 FILLED_ANSWERS = 100_000
 BODY = {"messages": [{"role": "user", "content": "x"}], "model": "mock?tokens=1"}
@@ -119,18 +121,12 @@ async def steady(server, rate: int, seconds: float = 60, window: float = 10) -> 
     the creates sent in it, the server's CPU per create and the loop's lag."""
     sent: list[tuple[float, float, bool]] = []  # send offset, latency ms, ok
     marks: dict[int, tuple[float, dict]] = {}  # CPU seconds and lag at each window's edge
-    connector = aiohttp.TCPConnector(limit=0)
-    async with aiohttp.ClientSession(connector=connector) as s:
+    poster = Poster(server.url, "/v1/stream-chatgpt", orjson.dumps(BODY))
+    async with aiohttp.ClientSession() as s:
 
         async def one(at: float) -> None:
             t = time.perf_counter()
-            ok = False
-            try:
-                async with s.post(f"{server.url}/v1/stream-chatgpt", json=BODY) as resp:
-                    await resp.read()
-                    ok = resp.status == 200
-            except aiohttp.ClientError:
-                pass
+            ok = await poster.post() == 200
             sent.append((at, (time.perf_counter() - t) * 1000, ok))
 
         async def edge(k: int) -> None:  # CPU read at once: a late lag reading matters less
@@ -151,6 +147,7 @@ async def steady(server, rate: int, seconds: float = 60, window: float = 10) -> 
         await asyncio.gather(*tasks)
         await asyncio.sleep(0.5)  # the last requests end
         await edge(edges)
+    poster.close()
     return {"rate": rate, "windows": _windows(sent, [marks[k] for k in sorted(marks)], window)}
 
 
