@@ -61,6 +61,18 @@ class SSEParser:
 
     def feed(self, chunk: bytes) -> Iterator[Event]:
         self._buf += chunk
+        if b"\r" not in self._buf:  # the usual stream: one split, no search per line
+            lines = self._buf.split(b"\n")
+            self._buf, done = lines.pop(), 0
+            try:
+                for line in lines:
+                    done += 1
+                    if (event := self._line(line)) is not None:
+                        yield event
+            finally:  # a consumer that stopped early leaves the lines it did not take
+                if done < len(lines):
+                    self._buf = b"\n".join([*lines[done:], self._buf])
+            return
         while True:
             m = _LINE.search(self._buf)
             # A lone "\r" at the end may be the first half of "\r\n": wait for more.
