@@ -4,12 +4,13 @@ inspect)."""
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import asdict
 
 from aiohttp import web
 
 from offloadd.mock.chat import completions
-from offloadd.mock.common import SEEN, dumps
+from offloadd.mock.common import SEEN, SEEN_KEPT, dumps
 from offloadd.mock.messages import messages
 from offloadd.mock.responses import responses
 
@@ -20,7 +21,7 @@ def make_mock_app() -> web.Application:
     """The mock as an aiohttp app; run it with `handler_cancellation=True` so a closed
     client connection is seen at once, not at the next write."""
     app = web.Application()
-    app[SEEN] = []
+    app[SEEN] = deque(maxlen=SEEN_KEPT)  # a mock left running for days keeps the newest
     app.router.add_post("/v1/chat/completions", completions)
     app.router.add_post("/v1/responses", responses)
     app.router.add_post("/v1/messages", messages)  # Anthropic's: its base URL has no /v1

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -44,7 +45,8 @@ class Seen:
     headers: dict = field(default_factory=dict)  # Messages API: the anthropic-* it was sent
 
 
-SEEN = web.AppKey("seen", list)
+SEEN = web.AppKey("seen", deque)
+SEEN_KEPT = 10_000  # requests `/_mock/requests` lists, the newest
 
 
 @dataclass(frozen=True)
