@@ -322,6 +322,9 @@ def _start_line(config: Config) -> str:
 @click.option("--port", default=8090, show_default=True, type=int, help="Port to listen on.")
 def mock_upstream(host: str, port: int) -> None:
     """Run the mock OpenAI-compatible upstream (SPEC §8)."""
+    from offloadd.server.serve import use_uvloop
+
+    use_uvloop()  # as `serve` does: the mock shares a benchmark's cores with offloadd
     web.run_app(
         make_mock_app(),
         host=host,

@@ -53,7 +53,7 @@ def listen_socket(config: Config) -> socket.socket:
 
 def serve_one(config: Config, sock: socket.socket, announce: Callable[[], None] | None) -> None:
     """One process serving until SIGINT or SIGTERM (or until a background task dies)."""
-    _use_uvloop()
+    use_uvloop()
     # Thousands of open streams make a large, long-lived heap; the default thresholds
     # would scan it all again and again while connections come and go.
     gc.freeze()
@@ -135,7 +135,7 @@ def _start(context, config: Config, sock: socket.socket):
     return worker
 
 
-def _use_uvloop() -> None:
+def use_uvloop() -> None:
     """uvloop, when installed, roughly halves the event loop's share of each event."""
     try:
         import uvloop
