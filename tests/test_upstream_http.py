@@ -6,12 +6,15 @@ are pooled and reused."""
 from __future__ import annotations
 
 import asyncio
+import ssl
+import subprocess
 from collections.abc import Awaitable, Callable
 
 import pytest
 
 from helpers import Api, how_it_ended
 from hostile_upstream import chunk
+from offloadd.mock.app import make_mock_app
 from offloadd.protocol.sse import parse_all
 
 Script = Callable[[asyncio.StreamWriter], Awaitable[bool]]  # True: the connection goes on
@@ -215,3 +218,40 @@ class TestConnections:
         await still_serves(api)
         await still_serves(api)
         assert upstream.connections == 2
+
+
+@pytest.fixture
+async def tls_mock(tmp_path, aiohttp_server):
+    """The mock upstream behind HTTPS, with a certificate for `localhost` made here."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"]
+        + ["-keyout", str(key), "-out", str(cert), "-subj", "/CN=localhost"]
+        + ["-addext", "subjectAltName=DNS:localhost"],
+        check=True,
+        capture_output=True,
+    )
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    server = await aiohttp_server(make_mock_app(), ssl=context)
+    return f"https://localhost:{server.port}/v1", cert
+
+
+class TestTLS:
+    async def test_an_https_upstream_whose_certificate_is_trusted(
+        self, tls_mock, make_client, monkeypatch
+    ):
+        url, cert = tls_mock
+        monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # as an operator trusts a private CA
+        api = Api(await make_client(upstream_url=url), None)
+        for _ in range(2):  # the second on the kept connection
+            doc, _ = await ended(api, model="mock?tokens=3&delay_ms=0")
+            assert doc["status"] == "done"
+            assert doc["response"]["body"]["choices"][0]["message"]["content"] == "t0 t1 t2"
+
+    async def test_an_untrusted_certificate_is_refused(self, tls_mock, make_client):
+        url, _ = tls_mock
+        api = Api(await make_client(upstream_url=url), None)
+        doc, _ = await ended(api)
+        assert doc["error"]["code"] == "upstream_unreachable"
+        assert "certificate" in doc["error"]["message"].lower()
