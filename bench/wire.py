@@ -13,6 +13,7 @@ a new one), `answer(status, head, body, now)` takes each answer (`head` lower-ca
 from __future__ import annotations
 
 import asyncio
+import collections
 import time
 
 
@@ -217,12 +218,14 @@ class Poster:
             f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(body)}\r\n\r\n"
         ).encode() + body
-        self.idle: list[_Post] = []
+        self.idle: collections.deque[_Post] = collections.deque()
 
     async def post(self) -> int:
-        """One request; its status (0 when the connection failed)."""
+        """One request; its status (0 when the connection failed). The idle connection
+        used longest ago goes first, so `--workers 2` share the load: a connection stays
+        with the worker that accepted it."""
         if self.idle:
-            conn = self.idle.pop()
+            conn = self.idle.popleft()
         else:
             loop = asyncio.get_running_loop()
             try:
