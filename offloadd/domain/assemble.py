@@ -11,6 +11,7 @@ from typing import Any
 
 TEXT_KEYS = ("content", "refusal", "reasoning_content")
 HEAD_KEYS = ("id", "created", "model", "system_fingerprint", "service_tier")
+_SCALARS = (str, int, float)  # a tuple: `str | int | float` would build a union per chunk
 
 
 def _dict(value: Any) -> dict:
@@ -85,7 +86,7 @@ class Completion:
 
     def add(self, chunk: dict) -> None:
         for key in HEAD_KEYS:
-            if isinstance(chunk.get(key), str | int | float) and not isinstance(chunk[key], bool):
+            if isinstance(chunk.get(key), _SCALARS) and not isinstance(chunk[key], bool):
                 self.head[key] = chunk[key]
         if isinstance(chunk.get("usage"), dict):
             self.usage = chunk["usage"]
