@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from helpers import Api, how_it_ended
+from helpers import Api, eventually, how_it_ended
 from hostile_upstream import chunk
 from offloadd.mock.app import make_mock_app
 from offloadd.protocol.sse import parse_all
@@ -47,6 +47,7 @@ class RawUpstream:
     def __init__(self) -> None:
         self.scripts: list[Script] = []
         self.connections = 0
+        self.closed = 0
         self.requests = 0
         self.server: asyncio.Server | None = None
         self.open: set[asyncio.StreamWriter] = set()
@@ -78,6 +79,7 @@ class RawUpstream:
             pass
         finally:
             self.open.discard(writer)
+            self.closed += 1
             writer.close()
 
     async def _one(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
@@ -181,6 +183,25 @@ class TestBrokenHTTP:
         await still_serves(api)
 
 
+class TestAnswersThatEndWithTheirConnection:
+    """HTTP/1.0's framing: neither a length nor chunks, the body ends when the upstream
+    closes."""
+
+    async def test_a_stream(self, raw):
+        upstream, api = raw
+        events = chunk("hello").encode() + b"\n\ndata: [DONE]\n\n"
+        upstream.scripts.append(sends(HEAD + b"\r\n" + events, then="close"))
+        await still_serves(api)
+
+    async def test_an_error_keeps_its_message(self, raw):
+        upstream, api = raw
+        body = b'{"error": {"message": "no such model"}}'
+        upstream.scripts.append(sends(b"HTTP/1.1 404 Not Found\r\n\r\n" + body, "close"))
+        doc, _ = await ended(api)
+        assert doc["error"]["code"] == "upstream_error"
+        assert doc["error"]["message"] == "no such model"
+
+
 class TestConnections:
     async def test_are_reused(self, raw):
         upstream, api = raw
@@ -200,6 +221,22 @@ class TestConnections:
         await still_serves(api)
         await upstream.close_idle()
         await still_serves(api)  # whether or not the close was seen before the reuse
+        assert upstream.connections == 2
+
+    async def test_one_that_sends_what_no_request_asked_for_is_not_reused(self, raw):
+        upstream, api = raw
+
+        async def then_more(writer: asyncio.StreamWriter) -> bool:
+            writer.write(answer())
+            await writer.drain()
+            await asyncio.sleep(0.05)  # idle in the pool by now (or soon): then this
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+            return True
+
+        upstream.scripts.append(then_more)
+        await still_serves(api)
+        await eventually(lambda: upstream.closed == 1)  # by offloadd, on those bytes
+        await still_serves(api)
         assert upstream.connections == 2
 
     async def test_an_answer_that_goes_on_past_its_end_is_not_reused(self, raw):

@@ -138,7 +138,7 @@ class Client:
         server closed meanwhile is replaced by a new one (no byte of an answer came)."""
         target = self.target(url)
         data = request_head(target, headers, len(body)) + body
-        while (conn := self._pooled(target)) is not None:
+        while (conn := self._reuse(target)) is not None:
             try:
                 return await conn.send(data)
             except HTTPError:
@@ -147,11 +147,12 @@ class Client:
         conn = await self._connect(target, connect_timeout)
         return await conn.send(data)
 
-    def _pooled(self, target: Target) -> _Connection | None:
+    def _reuse(self, target: Target) -> _Connection | None:
         idle = self._idle.get(target.origin)
         now = time.monotonic()
         while idle:
             conn = idle.pop()
+            conn.unpooled()
             if conn.reusable and now - conn.idle_since < IDLE_SECONDS:
                 return conn
             conn.close()
@@ -181,7 +182,9 @@ class Client:
         """Close every pooled connection (at shutdown)."""
         for idle in self._idle.values():
             while idle:
-                idle.pop().close()
+                conn = idle.pop()
+                conn.unpooled()
+                conn.close()
 
 
 class _Connection(asyncio.Protocol):
@@ -203,6 +206,7 @@ class _Connection(asyncio.Protocol):
         self._complete = False
         self._keep_alive = False
         self._error: HTTPError | None = None
+        self._pooled = False  # idle in its pool
         self.answered = False  # a byte of an answer came
         self.idle_since = 0.0
 
@@ -223,6 +227,10 @@ class _Connection(asyncio.Protocol):
             self.close()
             raise
         return Response(self._status, self._head, self)
+
+    def unpooled(self) -> None:
+        """Taken out of its pool (by `Client`), to be used or closed."""
+        self._pooled = False
 
     def _reset(self) -> None:
         self._head, self._head_bytes, self._body, self._buffered = [], 0, [], 0
@@ -259,6 +267,7 @@ class _Connection(asyncio.Protocol):
             self.idle_since = time.monotonic()
             if len(self._pool) < MAX_IDLE:
                 self._pool.append(self)
+                self._pooled = True
                 return
         self.close()
 
@@ -272,6 +281,9 @@ class _Connection(asyncio.Protocol):
         self._transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
 
     def data_received(self, data: bytes) -> None:
+        if self._pooled:  # bytes no request asked for: this connection is not to be trusted
+            self.close()
+            return
         self.answered = True
         if not self._headers_done:
             self._head_bytes += len(data)
@@ -287,12 +299,18 @@ class _Connection(asyncio.Protocol):
         self._notify()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self in self._pool:
+        if self._pooled:
             self._pool.remove(self)
+        if self._headers_done and not self._complete and self._until_close():
+            self._complete = True  # a body without length or chunks ends with its connection
         if not self._complete and self._error is None:
             reason = f": {exc}" if exc else ""
             self._error = HTTPError(f"the connection closed before the answer's end{reason}")
         self._notify()
+
+    def _until_close(self) -> bool:
+        """An answer framed by neither a length nor chunks (HTTP/1.0's way)."""
+        return not any(k.lower() in ("content-length", "transfer-encoding") for k, _ in self._head)
 
     def _fail(self, error: HTTPError) -> None:
         self._error = error
