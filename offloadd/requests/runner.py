@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import orjson
 
@@ -22,7 +23,9 @@ from offloadd.domain.dialects import RESPONSES
 from offloadd.domain.responses import response_id, with_response_id
 from offloadd.domain.status import (
     TERMINAL,
+    RequestTimes,
     StatusDocument,
+    UpstreamAnswer,
     answered,
     processing,
     progressed,
@@ -71,6 +74,15 @@ class Run:
 
     def __post_init__(self) -> None:
         self.completion = self.dialect.assembly()
+
+
+def _for_ending(doc: StatusDocument) -> StatusDocument:
+    """A copy of the document that its ending may change (`status.concluded`: top-level
+    keys, `request` and `response`) without touching the one still served."""
+    final = cast(StatusDocument, dict(doc))
+    final["request"] = cast(RequestTimes, dict(doc["request"]))
+    final["response"] = cast(UpstreamAnswer, dict(doc["response"]))
+    return final
 
 
 class Runner:
@@ -352,7 +364,7 @@ class Runner:
                 log.error("request %s: a status flush failed", run.loc.rel)
         # The final document is made on a copy and served only once it is on disk, so a
         # reader told `done` here finds the same on disk (or behind nginx).
-        final = orjson.loads(orjson.dumps(run.doc))
+        final = _for_ending(run.doc)
         end_bytes = self.endings.finalize(final, run.completion, run.event_id, status, error)
         status, error = final["status"], final["error"]
         self.metrics.finished[final["request"]["endpoint"], status] += 1
