@@ -48,6 +48,7 @@ class Registry:
         for name in ("owners", "run", "stop"):
             (self.root / name).mkdir(parents=True, exist_ok=True)
         self._journal = self.root / "run" / f"{self.owner}{JOURNAL}"
+        self._stops = f"{self.root}/stop/"  # a str: `release` runs once a request, in the writer
         self._live: dict[str, str] = {}  # uuid → rel, what the journal says this daemon runs
         self._lines = 0  # in the journal since it was last rewritten
         self._fd: int | None = None
@@ -97,7 +98,8 @@ class Registry:
                     self._append(f"- {loc.uuid}\n".encode())
                     if self._lines > COMPACT_AFTER and self._lines > 4 * len(self._live):
                         self._rewrite()
-        (self.root / "stop" / loc.uuid).unlink(missing_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._stops + loc.uuid)
 
     def _append(self, line: bytes) -> None:
         if self._fd is None:
