@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
 import signal
 from pathlib import Path
 
 import orjson
 
-from helpers import file_of, how_it_ended, stream_text, wait_status, wait_words
+from helpers import eventually, file_of, how_it_ended, stream_text, wait_status, wait_words
 from offloadd.protocol.sse import parse_all
+from offloadd.storage.layout import Location
+from offloadd.storage.registry import Registry, read_journal
 
 LONG = {"messages": [{"role": "user", "content": "x"}], "model": "mock?tokens=2000&delay_ms=10"}
 SHORT = {"messages": [{"role": "user", "content": "x"}], "model": "mock?tokens=3"}
@@ -71,6 +74,31 @@ class TestKill:
         assert [p.read_bytes() for p in _files(data, finished)] == before
         for path in data.rglob("*.json"):
             orjson.loads(path.read_bytes())
+
+    async def test_a_create_cut_short_by_a_kill_leaves_nothing_behind(self, spawn, tmp_path):
+        """Killed while it made a request's files (claimed, its `.json` made in place but
+        empty or cut short): the daemon that takes its journal over removes them."""
+        data = tmp_path / "data"
+        dead = Registry(data, stale_after=60)
+        stamp = datetime.datetime.now(datetime.UTC)
+        cut = [Location.new("pub", stamp) for _ in range(2)]
+        folder = data / "pub" / cut[0].stamp
+        folder.mkdir(parents=True)
+        for loc, made in zip(cut, (b"", b'{"status": "wai'), strict=True):
+            dead.claim(loc)
+            (folder / f"{loc.uuid}.txt").write_bytes(b"")
+            (folder / f"{loc.uuid}.json").write_bytes(made)
+        dead.leave()  # as if killed: no heartbeat, its journal left with both claims
+        await spawn("serve", "--data", str(data), "--upstream-url", "mock", "--no-auth")
+        run = data / ".offloadd" / "run"
+
+        def cleared() -> bool:
+            journals = [read_journal(p.read_bytes()) for p in run.glob("*.journal")]
+            assert not list(folder.iterdir()), "its files are still there"
+            assert journals and not any(journals), f"claims still live: {journals}"
+            return True
+
+        await eventually(cleared)
 
 
 class TestTerm:

@@ -7,6 +7,7 @@ its failures answered as OpenAI answers its own."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 import time
 from collections.abc import Callable
@@ -72,9 +73,16 @@ def public_base(request: web.Request) -> str:
         host = request.headers.get("X-Forwarded-Host", host).split(",")[0].strip()
     if proto not in ("http", "https"):
         proto = request.scheme
-    if not HOST.fullmatch(host):
+    if not _valid_host(host):
         raise BadRequest("the request's host is not a valid host name", code="invalid_host")
     return f"{proto}://{host}"
+
+
+@functools.lru_cache(maxsize=256)
+def _valid_host(host: str) -> bool:
+    """Whether `host` is one a URL may hold (a server sees the same few, request after
+    request)."""
+    return HOST.fullmatch(host) is not None
 
 
 def upstream_key(request: web.Request, bearer_too: bool = False) -> str:
@@ -151,7 +159,10 @@ def _check_json(request: web.Request) -> None:
 
 
 async def read_body(request: web.Request, config: Config) -> bytes:
-    """The body, if it arrives within `--body-timeout` (a slow client holds no slot forever)."""
+    """The body, if it arrives within `--body-timeout` (a slow client holds no slot forever);
+    a body already received whole (most are, with their headers) needs no timer."""
+    if request.content.is_eof():
+        return await request.read()
     try:
         async with asyncio.timeout(config.body_timeout):
             return await request.read()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 from offloadd.config import Config
 from offloadd.domain.access import allows, authorization, new_token, private_fields
@@ -88,9 +87,10 @@ class Creator:
             if self.sessions is None:
                 raise Unavailable("session streams are not ready yet", code="not_ready")
             session = await self.sessions.check(options.session_stream, new.caller)
-        caller_scope = hashlib.sha256((new.caller or "").encode()).hexdigest()
         idem = new.idempotency_key
+        caller_scope = ""  # whose idempotency keys: needed with one only
         if idem is not None:
+            caller_scope = hashlib.sha256((new.caller or "").encode()).hexdigest()
             first = await self.idempotency.begin(caller_scope, idem, new.body, new.route)
             if first is not None:
                 return Created(with_token(first, self.idempotency.token(caller_scope, idem)), None)
@@ -165,7 +165,7 @@ class Creator:
         options, parameters = new.chat.options, new.chat.parameters
         if previous is not None:
             parameters = {**parameters, "input": continued_input(previous, parameters["input"])}
-        loc = Location.new("priv" if token else "pub", datetime.fromtimestamp(new.created_at, UTC))
+        loc = Location.at("priv" if token else "pub", new.created_at)
         if earlier:
             messages = continued_messages(earlier, parameters["messages"])
             parameters = {**parameters, "messages": messages}

@@ -90,7 +90,9 @@ class Housekeeping:
         is ahead of the status file by up to a second), then it ends `interrupted` — or
         `stopped`, if someone asked for that — so readers are released."""
         doc = stored(self.store, loc)
-        if doc is None:
+        if doc is None:  # its create was cut short (no document, or one half-made): it never
+            self.store.remove(loc)  # answered, so no one knows of it, and nothing of it stays
+            self.registry.release(loc)
             return False
         fd = self.store.open_stream(loc)
         try:

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import orjson
 
@@ -22,7 +23,9 @@ from offloadd.domain.dialects import RESPONSES
 from offloadd.domain.responses import response_id, with_response_id
 from offloadd.domain.status import (
     TERMINAL,
+    RequestTimes,
     StatusDocument,
+    UpstreamAnswer,
     answered,
     processing,
     progressed,
@@ -73,6 +76,15 @@ class Run:
         self.completion = self.dialect.assembly()
 
 
+def _for_ending(doc: StatusDocument) -> StatusDocument:
+    """A copy of the document that its ending may change (`status.concluded`: top-level
+    keys, `request` and `response`) without touching the one still served."""
+    final = cast(StatusDocument, dict(doc))
+    final["request"] = cast(RequestTimes, dict(doc["request"]))
+    final["response"] = cast(UpstreamAnswer, dict(doc["response"]))
+    return final
+
+
 class Runner:
     """Owns the tasks of running requests: starts them, stops them, ends them on shutdown."""
 
@@ -90,7 +102,7 @@ class Runner:
         self.store, self.upstream, self.config, self.endings = store, upstream, config, endings
         self.webhooks, self.registry, self.metrics = webhooks, registry, metrics
         self.aftermath = Aftermath(store, webhooks, keys)
-        self.writer = FileWriter(endings)  # every file write of a running request
+        self.writer = FileWriter(endings, registry)  # every file write of a running request
         self.on_append: Callable[[Path], None] = lambda path: None
         self.runs: dict[str, Run] = {}
         self.closing = False
@@ -119,7 +131,7 @@ class Runner:
     ) -> None:
         """Make the request's files (both or neither), claim it and run it, in one hop to
         the writer's thread; its create answer need not wait for the upstream."""
-        making = self.writer.call(self._create_and_claim, loc, doc)
+        making = self.writer.create(loc, self._create, loc, doc)
         try:
             fd = await asyncio.shield(making)
         except asyncio.CancelledError:  # the caller left: nothing it did not get stays behind
@@ -141,11 +153,7 @@ class Runner:
         def serve_final() -> None:  # before the end reaches the file: no reader of `[DONE]`
             run.doc = final  # can find the document still running (one atomic assignment)
 
-        def release() -> None:
-            self.registry.release(run.loc)
-            run.released = True
-
-        await self.writer.final(run.loc, final, end_bytes, run.fd, serve_final, release)
+        run.released = await self.writer.final(run.loc, final, end_bytes, run.fd, serve_final)
 
     def _undo(self, loc: Location, fd: int) -> None:
         os.close(fd)
@@ -155,15 +163,10 @@ class Runner:
         self.registry.release(loc)
         self.store.remove(loc)
 
-    def _create_and_claim(self, loc: Location, doc: StatusDocument) -> int:
-        """(In the writer's thread.) The claim, then both files and the stream's append
-        descriptor; what fails leaves nothing behind."""
-        self.registry.claim(loc)
-        try:
-            return self.store.create(loc, orjson.dumps(doc))
-        except BaseException:
-            self.registry.release(loc)
-            raise
+    def _create(self, loc: Location, doc: StatusDocument) -> int:
+        """(In the writer's thread, once `loc` is claimed.) Both files and the stream's
+        append descriptor; what fails leaves nothing behind (and the writer releases it)."""
+        return self.store.create(loc, orjson.dumps(doc))
 
     async def document(self, loc: Location) -> StatusDocument | None:
         """The freshest document: from memory while this process runs it, else from disk.
@@ -352,7 +355,7 @@ class Runner:
                 log.error("request %s: a status flush failed", run.loc.rel)
         # The final document is made on a copy and served only once it is on disk, so a
         # reader told `done` here finds the same on disk (or behind nginx).
-        final = orjson.loads(orjson.dumps(run.doc))
+        final = _for_ending(run.doc)
         end_bytes = self.endings.finalize(final, run.completion, run.event_id, status, error)
         status, error = final["status"], final["error"]
         self.metrics.finished[final["request"]["endpoint"], status] += 1

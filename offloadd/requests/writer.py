@@ -4,11 +4,13 @@ flushes and their endings, fed by a queue and answered on the event loop.
 A worker thread per write (`asyncio.to_thread`) made every request's files wait on one
 another's syncs. Here the endings that became due together are committed as a group:
 every final document written, synced and renamed in one batch (`Store.write_final`),
-then each stream's end appended and its claim released — so a stream's `[DONE]` still
-follows its document onto the disk, and one batch's syncs share the filesystem's journal
-commits. The thread takes what is queued when it is free and never waits for more: a
-lone ending is written at once, and under load the batch is what came during the last
-one. Creates and flushes in the same batch go first and are answered before its syncs.
+then each stream's end appended, then their claims released in one append to the run
+journal — so a stream's `[DONE]` still follows its document onto the disk, and one
+batch's syncs share the filesystem's journal commits. The thread takes what is queued
+when it is free and never waits for more: a lone ending is written at once, and under
+load the batch is what came during the last one. Creates and flushes in the same batch
+go first and are answered before its syncs; the batch's creates are claimed together,
+in one append, before any of their files is made.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Any
 from offloadd.domain.status import StatusDocument
 from offloadd.requests.endings import Endings
 from offloadd.storage.layout import Location
+from offloadd.storage.registry import Registry
 
 log = logging.getLogger("offloadd.writer")
 MAX_BATCH = 256  # endings per group commit: bounds what one batch can make others wait
@@ -38,7 +41,6 @@ class Final:
     end_bytes: bytes
     fd: int
     saved: Callable[[], None]  # the document is durable: serve it (before the end exists)
-    then: Callable[[], None]  # both are written: release the claim
     future: asyncio.Future = field(init=False)
 
 
@@ -46,14 +48,15 @@ class Final:
 class Job:
     fn: Callable[..., Any]
     args: tuple
+    claim: Location | None = None  # claimed in the run journal before `fn` runs
     future: asyncio.Future = field(init=False)
 
 
 class FileWriter:
     """The one thread that owns the writes of running requests (see the module's doc)."""
 
-    def __init__(self, endings: Endings):
-        self.endings = endings
+    def __init__(self, endings: Endings, registry: Registry):
+        self.endings, self.registry = endings, registry
         self._queue: queue.SimpleQueue[Job | Final | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -62,6 +65,11 @@ class FileWriter:
         """`fn(*args)` in the writer's thread, in the order asked; its result, or error."""
         return self._put(Job(fn, args))
 
+    def create(self, loc: Location, fn: Callable[..., Any], *args: Any) -> asyncio.Future:
+        """`call`, once `loc` is claimed in the run journal (with the batch's other creates);
+        if `fn` fails, the claim is released: nothing it did not make stays claimed."""
+        return self._put(Job(fn, args, loc))
+
     def final(
         self,
         loc: Location,
@@ -69,11 +77,11 @@ class FileWriter:
         end_bytes: bytes,
         fd: int,
         saved: Callable[[], None],
-        then: Callable[[], None],
     ) -> asyncio.Future:
         """The final document (durable) and then the stream's end, committed with the other
-        endings that are due; done once both are written or kept by `Endings` for retry."""
-        return self._put(Final(loc, doc, end_bytes, fd, saved, then))
+        endings that are due, then the claim released; done once both are written or kept
+        by `Endings` for retry. Its result: whether the claim is released."""
+        return self._put(Final(loc, doc, end_bytes, fd, saved))
 
     def _put(self, item: Job | Final) -> asyncio.Future:
         if self._thread is None:
@@ -104,20 +112,37 @@ class FileWriter:
             jobs = [item for item in batch if isinstance(item, Job)]
             finals = [item for item in batch if isinstance(item, Final)]
             if jobs:
-                self._answer([(job.future, *_run(job.fn, *job.args)) for job in jobs])
+                self._answer(self._jobs(jobs))
             if finals:
-                _, error = _run(self._commit, finals)
-                self._answer([(f.future, None, error) for f in finals])
+                released, error = _run(self._commit, finals)
+                self._answer([(f.future, released, error) for f in finals])
             if None in batch:
                 return
 
-    def _commit(self, finals: list[Final]) -> None:
+    def _jobs(self, jobs: list[Job]) -> list[tuple[asyncio.Future, Any, BaseException | None]]:
+        """Run the batch's jobs in order, the creates' claims made first in one append."""
+        claims = [job.claim for job in jobs if job.claim is not None]
+        _, refused = _run(self.registry.claim_many, claims) if claims else (None, None)
+        results: list[tuple[asyncio.Future, Any, BaseException | None]] = []
+        for job in jobs:
+            if job.claim is not None and refused is not None:
+                results.append((job.future, None, refused))
+                continue
+            value, error = _run(job.fn, *job.args)
+            if error is not None and job.claim is not None:
+                _run(self.registry.release, job.claim)
+            results.append((job.future, value, error))
+        return results
+
+    def _commit(self, finals: list[Final]) -> bool:
+        """The batch's endings, then their claims released; whether the claims are."""
         self.endings.write_many([(f.loc, f.doc, f.end_bytes, f.fd, f.saved) for f in finals])
-        for f in finals:
-            try:
-                f.then()
-            except Exception:
-                log.exception("request %s: its claim could not be released", f.loc.rel)
+        try:
+            self.registry.release_many([f.loc for f in finals])
+        except Exception:
+            log.exception("the claims of %d ended requests could not be released", len(finals))
+            return False
+        return True
 
     def _answer(self, results: list[tuple[asyncio.Future, Any, BaseException | None]]) -> None:
         """Settle futures on the loop, one wake-up for a batch."""

@@ -8,7 +8,10 @@ statically from the same tree (SPEC §2). `kind` is 1 for stream requests, 2 for
 from __future__ import annotations
 
 import enum
+import functools
+import os
 import re
+import time
 import uuid as uuidlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -55,6 +58,12 @@ class Location:
         return cls(scope, when.astimezone(UTC).strftime("%Y/%m/%d/%H/%M/%S"), str(uuidlib.uuid4()))
 
     @classmethod
+    def at(cls, scope: str, epoch: float) -> Location:
+        """`new` for a create at `epoch` seconds: what every create calls, so made of a
+        per-second cached stamp and 16 random bytes (a third of `new`'s cost)."""
+        return cls(scope, _stamp(int(epoch)), _uuid4())
+
+    @classmethod
     def parse(cls, scope: str, stamp: str, uuid: str) -> Location | None:
         """A location from URL parts, or None when any part is not exactly well-formed."""
         if scope in SCOPES and STAMP.fullmatch(stamp) and UUID4.fullmatch(uuid):
@@ -71,6 +80,21 @@ class Location:
     @property
     def rel(self) -> str:
         return f"{self.scope}/{self.stamp}/{self.uuid}"
+
+
+@functools.lru_cache(maxsize=4)
+def _stamp(second: int) -> str:
+    """`YYYY/MM/DD/HH/MM/SS` (UTC) of a second; creates come many a second."""
+    return time.strftime("%Y/%m/%d/%H/%M/%S", time.gmtime(second))
+
+
+def _uuid4() -> str:
+    """A random (version 4) UUID's text, as `str(uuid.uuid4())` makes it."""
+    b = bytearray(os.urandom(16))
+    b[6] = b[6] & 0x0F | 0x40  # version 4
+    b[8] = b[8] & 0x3F | 0x80  # RFC 4122 variant
+    h = b.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def url_prefix(base_url: str, kind: Kind, loc: Location) -> str:

@@ -48,6 +48,7 @@ class Registry:
         for name in ("owners", "run", "stop"):
             (self.root / name).mkdir(parents=True, exist_ok=True)
         self._journal = self.root / "run" / f"{self.owner}{JOURNAL}"
+        self._stops = f"{self.root}/stop/"  # a str: `release` runs once a request, in the writer
         self._live: dict[str, str] = {}  # uuid → rel, what the journal says this daemon runs
         self._lines = 0  # in the journal since it was last rewritten
         self._fd: int | None = None
@@ -81,31 +82,43 @@ class Registry:
 
     def claim(self, loc: Location) -> None:
         """Record that this daemon runs `loc` (before its files are made)."""
+        self.claim_many([loc])
+
+    def claim_many(self, locs: list[Location]) -> None:
+        """`claim` for several requests in one append (the writer's batch of creates)."""
         with self._lock:
             try:
-                self._append(f"+ {loc.rel}\n".encode())
+                self._append("".join(f"+ {loc.rel}\n" for loc in locs).encode(), len(locs))
             except OSError as e:
                 raise StorageError(f"cannot write the run journal: {e.strerror or e}") from e
-            self._live[loc.uuid] = loc.rel
+            for loc in locs:
+                self._live[loc.uuid] = loc.rel
 
     def release(self, loc: Location) -> None:
         """`loc` is no longer run here. A release the disk refuses is harmless: the request
         has ended, or its files are gone, by then; a takeover finds that out and passes."""
+        self.release_many([loc])
+
+    def release_many(self, locs: list[Location]) -> None:
+        """`release` for several requests in one append (the writer's batch of endings)."""
         with self._lock:
-            if self._live.pop(loc.uuid, None) is not None:
+            gone = [loc.uuid for loc in locs if self._live.pop(loc.uuid, None) is not None]
+            if gone:
                 with contextlib.suppress(OSError):
-                    self._append(f"- {loc.uuid}\n".encode())
+                    self._append("".join(f"- {uuid}\n" for uuid in gone).encode(), len(gone))
                     if self._lines > COMPACT_AFTER and self._lines > 4 * len(self._live):
                         self._rewrite()
-        (self.root / "stop" / loc.uuid).unlink(missing_ok=True)
+        for loc in locs:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._stops + loc.uuid)
 
-    def _append(self, line: bytes) -> None:
+    def _append(self, lines: bytes, count: int) -> None:
         if self._fd is None:
             flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT
             self._fd = os.open(self._journal, flags, 0o644)
-        if os.write(self._fd, line) != len(line):
+        if os.write(self._fd, lines) != len(lines):
             raise OSError(0, "a short write to the run journal")
-        self._lines += 1
+        self._lines += count
 
     def _rewrite(self) -> None:
         """(Under the lock.) The journal with only its live claims, renamed into place."""
