@@ -1,16 +1,19 @@
-"""One thread that does the file work of running requests: their creation, their status
-flushes and their endings, fed by a queue and answered on the event loop.
+"""Two threads that do the file work of running requests, each fed by a queue and
+answered on the event loop: one makes the files of new requests and flushes statuses,
+the other commits endings.
 
 A worker thread per write (`asyncio.to_thread`) made every request's files wait on one
 another's syncs. Here the endings that became due together are committed as a group:
 every final document written, synced and renamed in one batch (`Store.write_final`),
 then each stream's end appended, then their claims released in one append to the run
 journal — so a stream's `[DONE]` still follows its document onto the disk, and one
-batch's syncs share the filesystem's journal commits. The thread takes what is queued
+batch's syncs share the filesystem's journal commits. Each thread takes what is queued
 when it is free and never waits for more: a lone ending is written at once, and under
-load the batch is what came during the last one. Creates and flushes in the same batch
-go first and are answered before its syncs; the batch's creates are claimed together,
-in one append, before any of their files is made.
+load the batch is what came during the last one. Creates have a thread of their own so
+that none waits behind a batch's syncs (a sync can take milliseconds; a create's answer
+waits for its files); a batch's creates are claimed together, in one append, before any
+of their files is made. A request's ending is queued only after its create is answered,
+and after its last flush is done, so the two threads never race on one request's files.
 """
 
 from __future__ import annotations
@@ -53,22 +56,21 @@ class Job:
 
 
 class FileWriter:
-    """The one thread that owns the writes of running requests (see the module's doc)."""
+    """The two threads that own the writes of running requests (see the module's doc)."""
 
     def __init__(self, endings: Endings, registry: Registry):
         self.endings, self.registry = endings, registry
-        self._queue: queue.SimpleQueue[Job | Final | None] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._files = _Lane("offloadd-files", self._jobs)
+        self._commits = _Lane("offloadd-commits", self._commit)
 
     def call(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future:
-        """`fn(*args)` in the writer's thread, in the order asked; its result, or error."""
-        return self._put(Job(fn, args))
+        """`fn(*args)` in the files' thread, in the order asked; its result, or error."""
+        return self._files.put(Job(fn, args))
 
     def create(self, loc: Location, fn: Callable[..., Any], *args: Any) -> asyncio.Future:
         """`call`, once `loc` is claimed in the run journal (with the batch's other creates);
         if `fn` fails, the claim is released: nothing it did not make stays claimed."""
-        return self._put(Job(fn, args, loc))
+        return self._files.put(Job(fn, args, loc))
 
     def final(
         self,
@@ -81,45 +83,14 @@ class FileWriter:
         """The final document (durable) and then the stream's end, committed with the other
         endings that are due, then the claim released; done once both are written or kept
         by `Endings` for retry. Its result: whether the claim is released."""
-        return self._put(Final(loc, doc, end_bytes, fd, saved))
-
-    def _put(self, item: Job | Final) -> asyncio.Future:
-        if self._thread is None:
-            self._loop = asyncio.get_running_loop()
-            self._thread = threading.Thread(target=self._work, name="offloadd-writer")
-            self._thread.daemon = True  # a crash must not hang on it; `close` joins it
-            self._thread.start()
-        assert self._loop is not None
-        item.future = self._loop.create_future()
-        self._queue.put(item)
-        return item.future
+        return self._commits.put(Final(loc, doc, end_bytes, fd, saved))
 
     async def close(self) -> None:
-        """Finish what is queued, then stop the thread."""
-        if self._thread is not None:
-            self._queue.put(None)
-            await asyncio.to_thread(self._thread.join)
-            self._thread = None
+        """Finish what is queued, then stop the threads."""
+        await self._files.close()
+        await self._commits.close()
 
-    def _work(self) -> None:
-        while True:
-            batch = [self._queue.get()]
-            while len(batch) < MAX_BATCH:
-                try:
-                    batch.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            jobs = [item for item in batch if isinstance(item, Job)]
-            finals = [item for item in batch if isinstance(item, Final)]
-            if jobs:
-                self._answer(self._jobs(jobs))
-            if finals:
-                released, error = _run(self._commit, finals)
-                self._answer([(f.future, released, error) for f in finals])
-            if None in batch:
-                return
-
-    def _jobs(self, jobs: list[Job]) -> list[tuple[asyncio.Future, Any, BaseException | None]]:
+    def _jobs(self, jobs: list) -> list[tuple[asyncio.Future, Any, BaseException | None]]:
         """Run the batch's jobs in order, the creates' claims made first in one append."""
         claims = [job.claim for job in jobs if job.claim is not None]
         _, refused = _run(self.registry.claim_many, claims) if claims else (None, None)
@@ -134,8 +105,12 @@ class FileWriter:
             results.append((job.future, value, error))
         return results
 
-    def _commit(self, finals: list[Final]) -> bool:
-        """The batch's endings, then their claims released; whether the claims are."""
+    def _commit(self, finals: list) -> list[tuple[asyncio.Future, Any, BaseException | None]]:
+        """The batch's endings, then their claims released (the result: whether they are)."""
+        released, error = _run(self._write_and_release, finals)
+        return [(f.future, released, error) for f in finals]
+
+    def _write_and_release(self, finals: list[Final]) -> bool:
         self.endings.write_many([(f.loc, f.doc, f.end_bytes, f.fd, f.saved) for f in finals])
         try:
             self.registry.release_many([f.loc for f in finals])
@@ -144,7 +119,51 @@ class FileWriter:
             return False
         return True
 
-    def _answer(self, results: list[tuple[asyncio.Future, Any, BaseException | None]]) -> None:
+
+Results = list[tuple[asyncio.Future, Any, BaseException | None]]
+
+
+class _Lane:
+    """One thread and its queue: it takes everything queued (up to MAX_BATCH), hands the
+    batch to `work` and settles the batch's futures on the loop with one wake-up."""
+
+    def __init__(self, name: str, work: Callable[[list], Results]):
+        self.name, self.work = name, work
+        self._queue: queue.SimpleQueue[Job | Final | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def put(self, item: Job | Final) -> asyncio.Future:
+        if self._thread is None:
+            self._loop = asyncio.get_running_loop()
+            self._thread = threading.Thread(target=self._work, name=self.name)
+            self._thread.daemon = True  # a crash must not hang on it; `close` joins it
+            self._thread.start()
+        assert self._loop is not None
+        item.future = self._loop.create_future()
+        self._queue.put(item)
+        return item.future
+
+    async def close(self) -> None:
+        if self._thread is not None:
+            self._queue.put(None)
+            await asyncio.to_thread(self._thread.join)
+            self._thread = None
+
+    def _work(self) -> None:
+        while True:
+            batch = [self._queue.get()]
+            while len(batch) < MAX_BATCH:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            if items := [item for item in batch if item is not None]:
+                self._answer(self.work(items))
+            if None in batch:
+                return
+
+    def _answer(self, results: Results) -> None:
         """Settle futures on the loop, one wake-up for a batch."""
         assert self._loop is not None
         try:
