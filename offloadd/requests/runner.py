@@ -130,7 +130,7 @@ class Runner:
         charge: Charge | None = None,
     ) -> None:
         """Make the request's files (both or neither), claim it and run it, in one hop to
-        the writer's thread; its create answer need not wait for the upstream."""
+        the writer's files thread; its create answer need not wait for the upstream."""
         making = self.writer.create(loc, self._create, loc, doc)
         try:
             fd = await asyncio.shield(making)
