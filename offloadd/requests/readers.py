@@ -31,6 +31,7 @@ log = logging.getLogger("offloadd.stream")
 
 WINDOW = 256 * 1024  # bytes of a file held in memory for readers that keep up
 LIVE_BUFFER = 64 * 1024  # a live reader whose unsent bytes pass this leaves the fast path
+BATCH = 64 * 1024  # a replay joins its pieces up to this many bytes a write
 
 
 class Sink(Protocol):
@@ -327,7 +328,7 @@ class Hub:
                     if pieces is None:
                         data = await _read(path, pos, min(READ, tail.start - pos))
                         pieces = [(data, data.count(b"\n\n"))]
-                    for piece, events in pieces:
+                    for piece, events in _batched(pieces):
                         await out.write(piece)
                         pos += len(piece)
                         metrics.bytes_delivered += len(piece)
@@ -340,6 +341,23 @@ class Hub:
                     pos = await tail.follow(Live(transport, out.chunked, pos))
                 elif await tail.changed() == IDLE:
                     await out.write(KEEPALIVE)
+
+
+def _batched(pieces: list[tuple[bytes, int]]) -> list[tuple[bytes, int]]:
+    """A replay's pieces joined up to BATCH bytes a write: a reader arriving at a live
+    stream gets its events in a few writes, not one write (and system call) per event."""
+    out: list[tuple[bytes, int]] = []
+    run: list[bytes] = []
+    size = events = 0
+    for piece, count in pieces:
+        if run and size + len(piece) > BATCH:
+            out.append((b"".join(run) if len(run) > 1 else run[0], events))
+            run, size, events = [], 0, 0
+        run.append(piece)
+        size, events = size + len(piece), events + count
+    if run:
+        out.append((b"".join(run) if len(run) > 1 else run[0], events))
+    return out
 
 
 async def _final_document(path: Path) -> dict | None:
