@@ -3,8 +3,10 @@ process per share of the readers), their figures summed up, and the servers' CPU
 
 from __future__ import annotations
 
+import asyncio
 import multiprocessing
 import resource
+import sys
 import threading
 
 from load import cpu_seconds, rss_bytes, worker
@@ -122,3 +124,20 @@ def summarize(results, readers: int, expected_events: int, point=(0, 0), wall=0.
         "first_byte_p99_ms": round(pct(first_bytes, 0.99), 2),
         "span_s": span_s(results),
     }
+
+
+# A fixed CPU-bound loop, timed in a process of its own: this machine's host sometimes
+# slows it (and every process on it) to half speed for minutes at a time, so each create
+# figure carries the loop's time beside it (~65 ms when the host is quiet).
+PROBE = "import time\nt=time.process_time()\nfor i in range(2_000_000): pass\n" + (
+    "print(round((time.process_time()-t)*1000,1))"
+)
+
+
+async def speed_probe() -> float:
+    """The probe loop's CPU milliseconds now (more than usual: the host is slow)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", PROBE, stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await proc.communicate()
+    return float(out or 0)

@@ -8,7 +8,7 @@ import time
 
 import aiohttp
 import orjson
-from measure import cpu_of, pct
+from measure import cpu_of, pct, speed_probe
 from wire import Poster
 
 from scenarios.sustained import BODY, lag_between, loop_lag
@@ -45,14 +45,14 @@ async def create_rate(base: str, rate: int, seconds: float) -> dict:
                 errors += 1
             latencies.append((time.perf_counter() - t) * 1000)
 
-        tasks = []
+        tasks = [asyncio.create_task(speed_probe())]  # the host's speed meanwhile
         start = time.perf_counter()
         for i in range(int(rate * seconds)):
             delay = start + i / rate - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
             tasks.append(asyncio.create_task(one()))
-        await asyncio.gather(*tasks)
+        probe, *_ = await asyncio.gather(*tasks)
         elapsed = time.perf_counter() - start
         lag = lag_between(lag0, await loop_lag(s, base))
     poster.close()
@@ -63,6 +63,7 @@ async def create_rate(base: str, rate: int, seconds: float) -> dict:
         "p50_ms": round(pct(latencies, 0.5), 2),
         "p99_ms": round(pct(latencies, 0.99), 2),
         **lag,
+        "probe_ms": probe,
     }
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import aiohttp
 import orjson
-from measure import cpu_of, pct
+from measure import cpu_of, pct, speed_probe
 from wire import Poster
 
 FILLED_ANSWERS = 100_000
@@ -121,6 +121,7 @@ async def steady(server, rate: int, seconds: float = 60, window: float = 10) -> 
     the creates sent in it, the server's CPU per create and the loop's lag."""
     sent: list[tuple[float, float, bool]] = []  # send offset, latency ms, ok
     marks: dict[int, tuple[float, dict]] = {}  # CPU seconds and lag at each window's edge
+    probes: dict[int, float] = {}
     poster = Poster(server.url, "/v1/stream-chatgpt", orjson.dumps(BODY))
     async with aiohttp.ClientSession() as s:
 
@@ -132,6 +133,7 @@ async def steady(server, rate: int, seconds: float = 60, window: float = 10) -> 
         async def edge(k: int) -> None:  # CPU read at once: a late lag reading matters less
             cpu = cpu_of(server.pids())
             marks[k] = (cpu, await loop_lag(s, server.url))
+            probes[k] = await speed_probe()  # the host's speed during window k + 1
 
         await edge(0)
         tasks, start, edges = [], time.perf_counter(), 1
@@ -148,7 +150,10 @@ async def steady(server, rate: int, seconds: float = 60, window: float = 10) -> 
         await asyncio.sleep(0.5)  # the last requests end
         await edge(edges)
     poster.close()
-    return {"rate": rate, "windows": _windows(sent, [marks[k] for k in sorted(marks)], window)}
+    windows = _windows(sent, [marks[k] for k in sorted(marks)], window)
+    for w in windows:
+        w["probe_ms"] = probes.get(w["window"] - 1)
+    return {"rate": rate, "windows": windows}
 
 
 def _windows(sent, marks, window: float) -> list[dict]:
