@@ -8,6 +8,7 @@ import multiprocessing
 import resource
 import sys
 import threading
+from pathlib import Path
 
 from load import cpu_seconds, rss_bytes, worker
 
@@ -126,18 +127,34 @@ def summarize(results, readers: int, expected_events: int, point=(0, 0), wall=0.
     }
 
 
-# A fixed CPU-bound loop, timed in a process of its own: this machine's host sometimes
-# slows it (and every process on it) to half speed for minutes at a time, so each create
-# figure carries the loop's time beside it (~65 ms when the host is quiet).
-PROBE = "import time\nt=time.process_time()\nfor i in range(2_000_000): pass\n" + (
-    "print(round((time.process_time()-t)*1000,1))"
-)
+# This VM's host sometimes makes the kernel's file work several times dearer (a file made,
+# written and removed: ~35 µs of CPU, then 130-500 µs for minutes), which offloadd pays and
+# Nchan does not: each create figure carries `probe_ms` — a fixed CPU-bound loop (~45 ms)
+# and 100 files made, written and removed in the data's filesystem, CPU µs each — timed in
+# a process of its own, so a figure made while the host was slow says so.
+PROBE = """import os, tempfile, time
+t = time.process_time()
+for i in range(2_000_000): pass
+loop = (time.process_time() - t) * 1000
+d = tempfile.mkdtemp(dir=%r)
+t = time.process_time()
+for i in range(100):
+    fd = os.open(f"{d}/{i}", os.O_CREAT | os.O_WRONLY, 0o644)
+    os.write(fd, b"x" * 300)
+    os.close(fd)
+for i in range(100):
+    os.unlink(f"{d}/{i}")
+print(round(loop, 1), round((time.process_time() - t) * 1e4))
+os.rmdir(d)
+"""
 
 
-async def speed_probe() -> float:
-    """The probe loop's CPU milliseconds now (more than usual: the host is slow)."""
+async def speed_probe() -> dict:
+    """The probe's figures now: `loop_ms` (CPU) and `file_us` (the kernel's file work)."""
+    here = str(Path(__file__).resolve().parent / "out")
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", PROBE, stdout=asyncio.subprocess.PIPE
+        sys.executable, "-c", PROBE % here, stdout=asyncio.subprocess.PIPE
     )
     out, _ = await proc.communicate()
-    return float(out or 0)
+    loop, file = (out or b"0 0").split()
+    return {"loop_ms": float(loop), "file_us": int(file)}
