@@ -139,19 +139,14 @@ class Tail:
 
     def _fan_out(self, offset: int, data: bytes, events: int) -> None:
         """The new bytes to every live reader that can take them now; the others, and all
-        of them at the end, go back to their tasks. (The hot loop of a crowd: the checks of
-        `Live.can_take` inline, the live set changed only when a reader leaves it.)"""
+        of them at the end, go back to their tasks. (The hot loop of a crowd: the live set
+        is changed only when a reader leaves it.)"""
         chunk, size, gone = framed(data), len(data), []
         for reader in self.live:
-            transport = reader.transport
-            if (
-                reader.pos != offset
-                or transport.is_closing()
-                or transport.get_write_buffer_size() > LIVE_BUFFER
-            ):
+            if reader.pos != offset or not reader.can_take():
                 gone.append(reader)
                 continue
-            transport.write(chunk if reader.chunked else data)
+            reader.transport.write(chunk if reader.chunked else data)
             reader.pos += size
         sent = len(self.live) - len(gone)
         for reader in gone:
@@ -251,7 +246,7 @@ class Hub:
         self.metrics, self.send_buffer = metrics, send_buffer
         self.tails: dict[Path, Tail] = {}
         self._dirty: set[Path] = set()
-        self._wake: asyncio.Future | None = None
+        self._followed = asyncio.Event()  # set while any file is followed: the loop ticks
 
     def poke(self, path: Path) -> None:
         """A writer in this process appended to `path`: poll it at the end of this loop
@@ -273,9 +268,7 @@ class Hub:
         With nothing followed, no tick until a reader comes."""
         loop = asyncio.get_running_loop()
         while True:
-            if not self.tails:
-                self._wake = loop.create_future()
-                await self._wake
+            await self._followed.wait()
             await asyncio.sleep(self.interval)
             for tail in list(self.tails.values()):
                 tail.poll()
@@ -306,8 +299,7 @@ class Hub:
         tail = self.tails.get(path)
         if tail is None:
             tail = self.tails[path] = Tail(path, self.metrics)
-            if self._wake is not None and not self._wake.done():
-                self._wake.set_result(None)  # the poll loop may be asleep with nothing to do
+            self._followed.set()
         tail.readers += 1
         try:
             yield tail
@@ -316,6 +308,8 @@ class Hub:
             if tail.readers == 0 and self.tails.get(path) is tail:
                 del self.tails[path]
                 tail.close()
+                if not self.tails:
+                    self._followed.clear()
 
     async def pump(self, path: Path, pos: int, out: Sink) -> None:
         """Send the file from byte `pos` on, then what is appended, until `[DONE]`."""

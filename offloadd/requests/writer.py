@@ -33,6 +33,7 @@ from offloadd.storage.registry import Registry
 
 log = logging.getLogger("offloadd.writer")
 MAX_BATCH = 256  # endings per group commit: bounds what one batch can make others wait
+Results = list[tuple[asyncio.Future, Any, BaseException | None]]  # a batch's, to settle
 
 
 @dataclass(slots=True)
@@ -90,11 +91,11 @@ class FileWriter:
         await self._files.close()
         await self._commits.close()
 
-    def _jobs(self, jobs: list) -> list[tuple[asyncio.Future, Any, BaseException | None]]:
+    def _jobs(self, jobs: list[Job]) -> Results:
         """Run the batch's jobs in order, the creates' claims made first in one append."""
         claims = [job.claim for job in jobs if job.claim is not None]
         _, refused = _run(self.registry.claim_many, claims) if claims else (None, None)
-        results: list[tuple[asyncio.Future, Any, BaseException | None]] = []
+        results: Results = []
         for job in jobs:
             if job.claim is not None and refused is not None:
                 results.append((job.future, None, refused))
@@ -105,7 +106,7 @@ class FileWriter:
             results.append((job.future, value, error))
         return results
 
-    def _commit(self, finals: list) -> list[tuple[asyncio.Future, Any, BaseException | None]]:
+    def _commit(self, finals: list[Final]) -> Results:
         """The batch's endings, then their claims released (the result: whether they are)."""
         released, error = _run(self._write_and_release, finals)
         return [(f.future, released, error) for f in finals]
@@ -118,9 +119,6 @@ class FileWriter:
             log.exception("the claims of %d ended requests could not be released", len(finals))
             return False
         return True
-
-
-Results = list[tuple[asyncio.Future, Any, BaseException | None]]
 
 
 class _Lane:

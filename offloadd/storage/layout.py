@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import enum
 import functools
-import os
 import re
 import time
 import uuid as uuidlib
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from urllib.parse import urlsplit
 
 SCOPES = ("pub", "priv")
@@ -55,13 +54,13 @@ class Location:
 
     @classmethod
     def new(cls, scope: str, when: datetime) -> Location:
-        return cls(scope, when.astimezone(UTC).strftime("%Y/%m/%d/%H/%M/%S"), str(uuidlib.uuid4()))
+        return cls.at(scope, when.timestamp())
 
     @classmethod
     def at(cls, scope: str, epoch: float) -> Location:
-        """`new` for a create at `epoch` seconds: what every create calls, so made of a
-        per-second cached stamp and 16 random bytes (a third of `new`'s cost)."""
-        return cls(scope, _stamp(int(epoch)), _uuid4())
+        """A new request's location at `epoch` seconds (its stamp cached per second:
+        every create makes one)."""
+        return cls(scope, _stamp(int(epoch)), str(uuidlib.uuid4()))
 
     @classmethod
     def parse(cls, scope: str, stamp: str, uuid: str) -> Location | None:
@@ -86,15 +85,6 @@ class Location:
 def _stamp(second: int) -> str:
     """`YYYY/MM/DD/HH/MM/SS` (UTC) of a second; creates come many a second."""
     return time.strftime("%Y/%m/%d/%H/%M/%S", time.gmtime(second))
-
-
-def _uuid4() -> str:
-    """A random (version 4) UUID's text, as `str(uuid.uuid4())` makes it."""
-    b = bytearray(os.urandom(16))
-    b[6] = b[6] & 0x0F | 0x40  # version 4
-    b[8] = b[8] & 0x3F | 0x80  # RFC 4122 variant
-    h = b.hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def url_prefix(base_url: str, kind: Kind, loc: Location) -> str:

@@ -1,8 +1,9 @@
 """The files of a conversation: reading and writing them where `layout` puts them.
 
-Knows nothing of HTTP. The `.json` is only ever replaced whole (temporary file,
-then rename), the `.txt` only ever appended to, so readers in any process see
-either the old or the new document and a prefix of the stream.
+Knows nothing of HTTP. The `.json` is made in place before anyone knows its name, then
+only ever replaced whole (temporary file, then rename), the `.txt` only ever appended
+to, so readers in any process see either the old or the new document and a prefix of
+the stream.
 """
 
 from __future__ import annotations

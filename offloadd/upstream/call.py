@@ -127,7 +127,7 @@ class Upstream:
     def _target(self, call: Call) -> tuple[str, dict]:
         """The URL and headers: Anthropic's take the key in `x-api-key` (every version of
         its API does) with the caller's `anthropic-version` and betas; OpenAI's a Bearer."""
-        headers = {"Accept": "text/event-stream"}
+        headers = {"Accept": "text/event-stream", "Content-Type": "application/json"}
         if call.dialect.upstream == "anthropic":
             headers.update({"anthropic-version": ANTHROPIC_VERSION, **call.headers})
             headers["x-api-key"] = call.key
@@ -139,7 +139,6 @@ class Upstream:
 
     async def _open_once(self, call: Call) -> Reply:
         url, headers = self._target(call)
-        headers["Content-Type"] = "application/json"
         try:
             resp = await self.client.post(
                 url, orjson.dumps(call.parameters), headers, call.connect_timeout
