@@ -11,7 +11,7 @@ from pathlib import Path
 import hypothesis
 import pytest
 
-from helpers import ANTHROPIC_KEY, OPENAI_KEY, Api, Daemon
+from helpers import ANTHROPIC_KEY, OPENAI_KEY, Api, Daemon, closed_after
 from offloadd.config import Config
 from offloadd.http.app import make_app
 from offloadd.mock.app import make_mock_app
@@ -81,22 +81,17 @@ async def sdk():
     server (or a base URL), with the upstream key in `X-OpenAI-API-Key`; closed after."""
     import openai
 
-    made: list = []
-
     def make(server, key: str = "unused", **headers):
         base = str(server.client.make_url("/v1")) if isinstance(server, Api) else server
-        client = openai.AsyncOpenAI(
+        return openai.AsyncOpenAI(
             base_url=base,
             api_key=key,
             max_retries=0,
             default_headers={"X-OpenAI-API-Key": OPENAI_KEY, **headers},
         )
-        made.append(client)
-        return client
 
-    yield make
-    for client in made:
-        await client.close()
+    async with closed_after(make) as made:
+        yield made
 
 
 @pytest.fixture
@@ -182,17 +177,12 @@ async def claude():
     URL), with the SDK's own retries unless told otherwise; closed after."""
     import anthropic
 
-    made: list = []
-
     def make(server, key: str = ANTHROPIC_KEY, **options):
         base = str(server.client.make_url("")) if hasattr(server, "client") else server
-        client = anthropic.AsyncAnthropic(base_url=base, api_key=key, **options)
-        made.append(client)
-        return client
+        return anthropic.AsyncAnthropic(base_url=base, api_key=key, **options)
 
-    yield make
-    for client in made:
-        await client.close()
+    async with closed_after(make) as made:
+        yield made
 
 
 @pytest.fixture

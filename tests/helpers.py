@@ -5,9 +5,10 @@ and `eventually`, the one way a test waits for something to become true."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import shutil
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -248,3 +249,19 @@ LONG = "mock?tokens=400&delay_ms=10"
 
 async def upstream_posts(api, model: str) -> int:
     return len([r for r in await api.upstream_requests() if r["model"] == model])
+
+
+@contextlib.asynccontextmanager
+async def closed_after(make: Callable[..., Any]) -> AsyncIterator[Callable[..., Any]]:
+    """`make`, as a fixture hands it out: every client it made is closed at the end."""
+    made: list = []
+
+    def making(*args: Any, **kwargs: Any) -> Any:
+        made.append(client := make(*args, **kwargs))
+        return client
+
+    try:
+        yield making
+    finally:
+        for client in made:
+            await client.close()

@@ -114,9 +114,7 @@ class Crowd(RuleBasedStateMachine):
 
     @rule(targets=(convs, responses), daemons=COPIES, model=MODEL, keyed=st.booleans())
     def create_response(self, daemons, model, keyed):
-        kind = "responses-background"
-        copies = self._copies(kind, model, daemons, keyed)
-        return self._made(self.world.call(gather(self.world.create(kind, *c) for c in copies)))
+        return self.create("responses-background", daemons, model, keyed)
 
     @rule(
         target=convs,

@@ -15,6 +15,7 @@ import pytest
 from helpers import Api, eventually, how_it_ended
 from hostile_upstream import chunk
 from offloadd.mock.app import make_mock_app
+from offloadd.mock.common import SEEN
 from offloadd.protocol.sse import parse_all
 
 Script = Callable[[asyncio.StreamWriter], Awaitable[bool]]  # True: the connection goes on
@@ -271,23 +272,25 @@ async def tls_mock(tmp_path, aiohttp_server):
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert, key)
     server = await aiohttp_server(make_mock_app(), ssl=context)
-    return f"https://localhost:{server.port}/v1", cert
+    return f"https://localhost:{server.port}/v1", cert, server
 
 
 class TestTLS:
     async def test_an_https_upstream_whose_certificate_is_trusted(
         self, tls_mock, make_client, monkeypatch
     ):
-        url, cert = tls_mock
+        url, cert, server = tls_mock
         monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # as an operator trusts a private CA
         api = Api(await make_client(upstream_url=url), None)
-        for _ in range(2):  # the second on the kept connection
+        for _ in range(2):
             doc, _ = await ended(api, model="mock?tokens=3&delay_ms=0")
             assert doc["status"] == "done"
             assert doc["response"]["body"]["choices"][0]["message"]["content"] == "t0 t1 t2"
+        first, second = server.app[SEEN]
+        assert first.peer_port == second.peer_port  # the second on the kept connection
 
     async def test_an_untrusted_certificate_is_refused(self, tls_mock, make_client):
-        url, _ = tls_mock
+        url, _, _ = tls_mock
         api = Api(await make_client(upstream_url=url), None)
         doc, _ = await ended(api)
         assert doc["error"]["code"] == "upstream_unreachable"
